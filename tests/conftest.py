@@ -1,0 +1,61 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vlbench  # noqa: E402,F401  (installs the torchvision import fix before transformers loads)
+from vlbench.backbones import BACKBONES, build_lm_from_config  # noqa: E402
+from vlbench.model import VLModel  # noqa: E402
+
+TASKS = ("vqa", "gqa", "nlvr", "caption")
+
+# the tiny backbone recipe at a few steps: same code paths, seconds instead of a minute
+FAST_BACKBONE = dataclasses.replace(
+    BACKBONES["tiny"],
+    pretrain=dict(
+        seed=0,
+        text_examples=50,
+        clip_images=64,
+        clip_eval_images=32,
+        clip_steps=3,
+        clip_batch=16,
+        clip_lr=3e-3,
+        lm_steps=3,
+        lm_batch=16,
+        lm_lr=2e-3,
+        mask_ratio=0.3,
+    ),
+)
+FEAT_DIM = 32
+GRID = 4
+
+
+def tiny_vl_model(seed: int = 0, vocab: int = 40) -> VLModel:
+    """A small randomly initialised VL model (tiny BART dims) for fast unit tests."""
+    torch.manual_seed(seed)
+    lm = build_lm_from_config(BACKBONES["tiny"], vocab_size=vocab)
+    return VLModel(lm, FEAT_DIM, BACKBONES["tiny"].n_vis_tokens, pool_size=3)
+
+
+def random_batch(batch_size: int = 3, n_images: int = 1, text_len: int = 5, target_len: int = 4, vocab: int = 40):
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, vocab, (batch_size, text_len), generator=g)
+    labels = torch.randint(5, vocab, (batch_size, target_len), generator=g)
+    labels[0, -1] = -100  # padding is ignored
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "feats": torch.randn(batch_size, n_images, GRID * GRID, FEAT_DIM, generator=g),
+        "labels": labels,
+        "weights": torch.ones(batch_size),
+    }
+
+
+@pytest.fixture
+def vl_model():
+    return tiny_vl_model()

@@ -1,0 +1,49 @@
+import pytest
+
+from vlbench.config import UserError
+from vlbench.grid import GridRequest, expand
+
+
+def test_full_ignores_sharing_and_hidden_dims():
+    configs = expand(GridRequest(methods=("full", "adapter"), sharing=("single", "multiple"), hidden_dims=(8, 16)))
+    full = [c for c in configs if c.method == "full"]
+    adapters = [c for c in configs if c.method == "adapter"]
+    assert len(full) == 1 and full[0].sharing is None and full[0].hidden_dim is None
+    assert {(c.sharing, c.hidden_dim) for c in adapters} == {("single", 8), ("single", 16), ("multiple", 8), ("multiple", 16)}
+
+
+def test_defaults_and_seeds():
+    configs = expand(GridRequest(methods=("adapter",), seeds=(0, 1)))
+    assert [(c.sharing, c.hidden_dim, c.seed) for c in configs] == [("single", 8, 0), ("single", 8, 1)]
+    assert len({c.key() for c in configs}) == 2
+    assert configs[0].optim.lr == 3e-3  # tiny profile's single-adapter learning rate
+
+
+def test_paper_profile_uses_paper_hyperparameters():
+    configs = expand(GridRequest(profile="paper", methods=("full", "adapter"), sharing=("multiple", "single")))
+    lrs = {(c.method, c.sharing): c.optim.lr for c in configs}
+    assert lrs == {("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "single"): 1e-3}
+    assert all(c.optim.epochs == 20 and c.hidden_dim in (None, 96) for c in configs)
+
+
+def test_overrides_reach_the_config():
+    (cfg,) = expand(GridRequest(methods=("full",), epochs=2, lr=0.1, batch_size=4, n_train=10, n_val=5, n_test=6))
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.optim.batch_size) == (2, 0.1, 4)
+    assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (10, 5, 6)
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, flag",
+    [
+        (dict(methods=("nope",)), "--methods"),
+        (dict(methods=("adapter",), sharing=("both",)), "--sharing"),
+        (dict(methods=("adapter",), hidden_dims=(0,)), "--hidden-dims"),
+        (dict(methods=("full",), hidden_dims=(-4,)), "--hidden-dims"),
+        (dict(profile="huge"), "--profile"),
+        (dict(epochs=0), "--epochs"),
+        (dict(lr=-1.0), "--lr"),
+    ],
+)
+def test_bad_requests_name_the_flag(request_kwargs, flag):
+    with pytest.raises(UserError, match=flag):
+        expand(GridRequest(**request_kwargs))

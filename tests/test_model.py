@@ -1,0 +1,66 @@
+import torch
+
+from conftest import FEAT_DIM, random_batch, tiny_vl_model
+
+
+def test_visual_tokens_pool_and_image_order(vl_model):
+    feats = torch.randn(2, 2, 16, FEAT_DIM)  # two images of a 4x4 grid, pooled to 3x3
+    tokens, img_order, obj_order = vl_model.visual_tokens(feats)
+    assert tokens.shape == (2, 18, FEAT_DIM)
+    assert img_order[0].tolist() == [0] * 9 + [1] * 9
+    assert obj_order[0].tolist() == list(range(9)) * 2
+    grid = feats[0, 1].reshape(4, 4, FEAT_DIM)
+    assert torch.equal(tokens[0, 9], grid[:2, :2].amax((0, 1)))  # adaptive max pool, first cell of image 2
+
+
+def test_encoder_appends_visual_tokens_after_text(vl_model):
+    batch = random_batch(batch_size=2, text_len=5)
+    vl_model.eval()
+    enc, mask = vl_model.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+    assert enc.last_hidden_state.shape == (2, 5 + 9, 64)
+    assert mask.shape == (2, 14)
+    # the text tokens' embeddings do not depend on where the visual tokens sit: changing the image
+    # changes encoder outputs but the text embedding step (before attention) is image independent
+    other = dict(batch, feats=torch.randn_like(batch["feats"]))
+    enc2, _ = vl_model.encode(other["input_ids"], other["attention_mask"], other["feats"])
+    assert not torch.allclose(enc.last_hidden_state, enc2.last_hidden_state)
+
+
+def test_encoder_prefix_is_prepended(vl_model):
+    batch = random_batch(batch_size=2, text_len=5)
+    vl_model.encoder_prefix = lambda n: torch.zeros(n, 7, 64)
+    enc, mask = vl_model.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+    assert enc.last_hidden_state.shape[1] == 7 + 5 + 9
+    assert mask[:, :7].all()
+
+
+def test_loss_is_weighted_per_example(vl_model):
+    vl_model.eval()
+    batch = random_batch()
+    full = vl_model.loss(batch)
+    halved = vl_model.loss(dict(batch, weights=torch.full((3,), 0.5)))
+    assert torch.isfinite(full)
+    assert torch.allclose(halved, full / 2)
+    full.backward()
+    assert vl_model.visual_embedding.feat_embedding[0].weight.grad is not None
+
+
+def test_generate_and_choice_logits(vl_model):
+    vl_model.eval()
+    batch = random_batch(batch_size=2)
+    out = vl_model.generate(batch, num_beams=2, max_new_tokens=4)
+    assert out.shape[0] == 2 and out.shape[1] <= 5
+    assert vl_model.choice_logits(batch, [7, 9]).shape == (2, 2)
+
+
+def test_visual_identity_uses_last_vocab_rows():
+    model = tiny_vl_model()
+    table = model.lm.get_input_embeddings()
+    vocab = table.num_embeddings
+    with torch.no_grad():
+        table.weight[vocab - 1].fill_(5.0)  # the row of object 0
+    feats = torch.zeros(1, 1, 1, FEAT_DIM)
+    order = torch.zeros(1, 1, dtype=torch.long)
+    emb_obj0 = model.visual_embedding(feats.reshape(1, 1, FEAT_DIM), order, order)
+    emb_obj1 = model.visual_embedding(feats.reshape(1, 1, FEAT_DIM), order, order + 1)
+    assert torch.allclose(emb_obj0 - emb_obj1, table.weight[vocab - 1] - table.weight[vocab - 2])

@@ -1,0 +1,126 @@
+"""End to end through the CLI: a tiny sweep lands in the database and in the Table 1 report."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FAST_BACKBONE
+from vlbench import backbones
+from vlbench.cli import app
+from vlbench.model import VLModel
+from vlbench.store import Store
+
+SMALL = ["--epochs", "1", "--n-train", "24", "--n-val", "8", "--n-test", "8", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_cache):
+    """A fresh project folder whose runs/cache is shared across tests, with quick backbones."""
+    monkeypatch.setitem(backbones.BACKBONES, "tiny", FAST_BACKBONE)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cache").symlink_to(shared_cache)
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_sweep_report_and_rerun(workdir, monkeypatch):
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
+    assert result.exit_code == 0, result.output
+    store = Store(Store.default_url(workdir / "runs"))
+    runs = {r.method: r for r in store.runs()}
+    assert set(runs) == {"full", "adapter", "text-only"}
+    assert all(r.status == "done" for r in runs.values())
+    assert runs["full"].percent == pytest.approx(100.0)
+    assert 0 < runs["adapter"].percent < 100
+    assert runs["adapter"].sharing == "single" and runs["adapter"].hidden_dim == 8
+    assert runs["full"].git_commit is None or len(runs["full"].git_commit) >= 40
+    assert runs["full"].versions["torch"] == torch.__version__.split("+")[0] or runs["full"].versions["torch"]
+    for method in ("full", "adapter"):
+        r = runs[method]
+        assert r.train_seconds > 0 and r.samples_per_second > 0 and r.checkpoint_bytes > 0
+        assert (workdir / "runs" / "image-text-tiny" / r.key / "trainable.safetensors").exists()
+        history = store.val_history(r.id)
+        assert set(history["task"]) == {"vqa", "gqa", "nlvr", "caption"}
+    scores = store.test_scores()
+    assert len(scores[scores["name"] == "score"]) == 3 * 4
+
+    result = invoke("report", "--table", "1", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {row["method"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"Full fine-tuning", "Single Adapter", "Text-only prior (no image)"}
+    for row in rows.values():
+        values = [row[t] for t in ("vqa", "gqa", "nlvr", "caption")]
+        assert all(v is not None and math.isfinite(v) for v in values)
+        assert row["avg"] == pytest.approx(sum(values) / 4, abs=0.01)
+    assert rows["Full fine-tuning"]["params_percent"] == 100.0
+    assert (workdir / "reports" / "table1.json").exists()
+
+    # a rerun of the same sweep trains nothing
+    monkeypatch.setattr("vlbench.sweep.train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "2 already done" in result.output
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(workdir, monkeypatch):
+    real_loss = VLModel.loss
+
+    def nan_for_adapters(self, batch):
+        loss = real_loss(self, batch)
+        return loss * math.nan if len(self.method_modules) else loss
+
+    monkeypatch.setattr(VLModel, "loss", nan_for_adapters)
+    result = invoke("sweep", "image-text", "--methods", "adapter,full", *SMALL)
+    assert result.exit_code == 1
+    assert "failed" in result.output
+    runs = {r.method: r for r in Store(Store.default_url(workdir / "runs")).runs()}
+    assert runs["adapter"].status == "failed" and "nan" in runs["adapter"].error.lower()
+    assert runs["full"].status == "done"
+
+    # the failed run is retried on the next sweep; the finished one is not
+    monkeypatch.setattr(VLModel, "loss", real_loss)
+    result = invoke("sweep", "image-text", "--methods", "adapter,full", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "1 already done" in result.output
+
+
+def test_dry_run_lists_jobs_with_params(workdir):
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", "--hidden-dims", "8,16", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "100.00" in result.output and "d16" in result.output
+    assert not (workdir / "runs" / "vlbench.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["sweep", "image-text", "--methods", "nope"], "--methods"),
+        (["sweep", "image-text", "--hidden-dims", "a,b"], "--hidden-dims"),
+        (["sweep", "image-text", "--sharing", "both", "--methods", "adapter"], "--sharing"),
+        (["sweep", "image-text", "--db", "nosuchdb://x"], "--db"),
+        (["report", "--format", "xml"], "--format"),
+    ],
+)
+def test_user_errors_are_one_line(workdir, args, flag):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in result.output
+
+
+def test_report_with_no_runs_says_what_to_run(workdir):
+    result = invoke("report", "--table", "1")
+    assert result.exit_code == 2
+    assert "vlbench sweep image-text" in result.output

@@ -1,0 +1,487 @@
+"""Backbones: the frozen CLIP vision tower, the BART language model and their shared tokenizer.
+
+Two profiles:
+- `paper`: CLIP RN101 + BART-base, as in VL-Adapter. No pretrained weights exist offline, so for
+  now only the architectures can be built (random init), which is what parameter accounting needs.
+- `tiny`: a tiny CLIP ModifiedResNet and a tiny BART, pretrained here on the synthetic scene suite
+  (CLIP contrastively on image-caption pairs, BART by denoising) once, then cached on disk.
+
+The vision tower returns the ResNet grid before attention pooling (paper: 7x7x2048), which the
+VL model projects into the language model as visual tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import vlbench.compat  # noqa: F401  (must precede open_clip / transformers)
+import open_clip
+from open_clip.loss import ClipLoss
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+from vlbench.config import UserError
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# BART's ids for <s>, <pad>, </s>, <unk> (0..3), so BartConfig's default token ids hold for our vocab
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+# facebook/bart-base architecture (139,420,416 parameters)
+BART_BASE = dict(
+    vocab_size=50265,
+    d_model=768,
+    encoder_layers=6,
+    decoder_layers=6,
+    encoder_attention_heads=12,
+    decoder_attention_heads=12,
+    encoder_ffn_dim=3072,
+    decoder_ffn_dim=3072,
+    max_position_embeddings=1024,
+    dropout=0.1,
+)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # "tiny" | "paper"
+    clip: dict  # open_clip model config (tiny, text vocab/pad/eos filled from the tokenizer) or {"name": ...}
+    lm: dict  # BartConfig kwargs; "hub" names the pretrained weights the architecture stands for
+    n_vis_tokens: int  # <vis_extra_id_k> tokens added to the vocab
+    pretrain: dict = field(default_factory=dict)  # tiny only: corpus sizes, steps, batch sizes, lr, seed
+
+    def key(self) -> str:
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "tiny": BackboneSpec(
+        name="tiny",
+        clip={
+            "embed_dim": 64,
+            # width 8 -> layer4 has 8*32 = 256 channels (width 16 costs 2x the pretraining time);
+            # 128 px / 32 -> a 4x4 grid
+            "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+            "text_cfg": {"context_length": 32, "width": 64, "heads": 4, "layers": 2},
+        },
+        lm=dict(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=256,
+            decoder_ffn_dim=256,
+            max_position_embeddings=128,
+            dropout=0.1,
+        ),
+        n_vis_tokens=16,
+        pretrain=dict(
+            seed=0,
+            text_examples=2000,  # per task, for text_corpus (~12 sentences each)
+            clip_images=8000,  # ~1.4 passes: more distinct scenes generalise better than more epochs
+            clip_eval_images=256,  # held out from the contrastive training, for retrieval accuracy
+            clip_steps=350,
+            clip_batch=32,
+            clip_lr=3e-3,
+            lm_steps=600,
+            lm_batch=64,
+            lm_lr=2e-3,
+            mask_ratio=0.3,  # fraction of tokens hidden by text infilling
+        ),
+    ),
+    "paper": BackboneSpec(
+        name="paper",
+        clip={"name": "RN101"},
+        lm={"hub": "facebook/bart-base", **BART_BASE},
+        n_vis_tokens=200,
+    ),
+}
+
+
+class GridEncoder(nn.Module):
+    """CLIP ModifiedResNet up to layer4, skipping attention pooling: (B,3,S,S) -> (B, (S/32)^2, 32*width)."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        x = v.stem(images.to(v.conv1.weight.dtype))
+        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
+        return x.flatten(2).transpose(1, 2)
+
+
+@dataclass
+class Backbones:
+    spec: BackboneSpec
+    tokenizer: PreTrainedTokenizerFast
+    lm: BartForConditionalGeneration
+    vision: nn.Module  # frozen GridEncoder in eval mode
+    feat_dim: int
+    grid_size: int
+    image_size: int
+    meta: dict = field(default_factory=dict)  # pretraining record (losses, retrieval accuracy, seconds)
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        return preprocess_images(images, self.image_size)
+
+
+def preprocess_images(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 HxWx3 images -> (B,3,size,size) CLIP-normalised floats (bicubic resize, no aspect keep)."""
+    resized = [
+        img if img.shape[:2] == (size, size) else np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+        for img in images
+    ]
+    return _normalise(torch.from_numpy(np.stack(resized)))
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    """(B,H,W,3) uint8 -> (B,3,H,W) float with CLIP mean/std."""
+    x = images.permute(0, 3, 1, 2).float().div(255)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_tokenizer(sentences: list[str], n_vis_tokens: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `sentences`, BART-style <s> ... </s>, plus the visual tokens."""
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    # Metaspace marks where spaces were ("▁word"), so decoding restores "what?" vs "what ?" exactly
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(prepend_scheme="always"), pre_tokenizers.Punctuation("isolated")]
+    )
+    tok.decoder = decoders.Metaspace(prepend_scheme="always")
+    tok.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_tokens([f"<vis_extra_id_{k}>" for k in range(n_vis_tokens)], special_tokens=True)
+    return tokenizer
+
+
+def build_clip(spec: BackboneSpec, tokenizer: PreTrainedTokenizerFast | None = None) -> open_clip.CLIP:
+    """The CLIP model of `spec`, randomly initialised. A tiny text tower takes our tokenizer's vocab."""
+    if "name" in spec.clip:
+        return open_clip.create_model(spec.clip["name"], pretrained=None)
+    text_cfg = dict(
+        spec.clip["text_cfg"],
+        vocab_size=len(tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pool_type="eos",  # open_clip's default 'argmax' assumes EOT has the highest id; ours is </s> = 2
+    )
+    return open_clip.CLIP(embed_dim=spec.clip["embed_dim"], vision_cfg=spec.clip["vision_cfg"], text_cfg=text_cfg)
+
+
+def build_lm_from_config(spec: BackboneSpec, vocab_size: int | None = None) -> BartForConditionalGeneration:
+    """BART of `spec` (random init) with `n_vis_tokens` embedding rows appended. Needs nothing on disk.
+
+    `vocab_size` is the text vocabulary before the visual tokens (tiny: the trained tokenizer's)."""
+    lm = _bart(spec, vocab_size)
+    add_vis_rows(lm, spec.n_vis_tokens)
+    return lm
+
+
+def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer a tiny spec trains on its text corpus (deterministic in the spec)."""
+    from vlbench.tasks.scenes import text_corpus
+
+    if sentences is None:
+        sentences = text_corpus(spec.pretrain["text_examples"], spec.pretrain["seed"])
+    return build_tokenizer(sentences, spec.n_vis_tokens)
+
+
+def architecture(spec: BackboneSpec) -> tuple[BartForConditionalGeneration, int]:
+    """The LM (random init, vis rows added) and the vision feature size of `spec`, from configs alone.
+
+    For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
+    tokenizer = tiny_tokenizer(spec) if spec.pretrain else None
+    vocab_size = len(tokenizer) - spec.n_vis_tokens if tokenizer is not None else None
+    clip = build_clip(spec, tokenizer)
+    return build_lm_from_config(spec, vocab_size), clip.visual.layer4[-1].conv3.out_channels
+
+
+def _bart(spec: BackboneSpec, vocab_size: int | None) -> BartForConditionalGeneration:
+    kwargs = {k: v for k, v in spec.lm.items() if k != "hub"}
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return BartForConditionalGeneration(BartConfig(**kwargs))
+
+
+def add_vis_rows(lm: BartForConditionalGeneration, n_vis_tokens: int) -> None:
+    # new rows ~ N(0, init_std), as the reference's transformers did; mean-resizing would make the
+    # (frozen) visual token identities all nearly the same vector
+    lm.resize_token_embeddings(lm.config.vocab_size + n_vis_tokens, mean_resizing=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_backbones(name: str | BackboneSpec, cache_dir: Path, progress=None) -> Backbones:
+    """The backbones named `name` (or a BackboneSpec), pretraining and caching them on first use."""
+    spec = name if isinstance(name, BackboneSpec) else BACKBONES.get(name)
+    if spec is None:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if not spec.pretrain:
+        raise UserError(
+            f"backbone {spec.name!r} needs pretrained weights ({spec.clip.get('name')} CLIP, {spec.lm.get('hub')}) "
+            "and its tokenizer, which are not available offline; parameter counts use build_lm_from_config"
+        )
+    folder = Path(cache_dir) / "backbones" / f"{spec.name}-{spec.key()}"
+    if not folder.exists():
+        _pretrain_into(spec, folder, progress)
+    return _load_cached(spec, folder)
+
+
+def _load_cached(spec: BackboneSpec, folder: Path) -> Backbones:
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+    clip = build_clip(spec, tokenizer)
+    clip.load_state_dict(load_file(folder / "clip.safetensors"))
+    lm = BartForConditionalGeneration.from_pretrained(folder / "lm")
+    vision = GridEncoder(clip.visual).eval().requires_grad_(False)
+    image_size = clip.visual.image_size
+    return Backbones(
+        spec=spec,
+        tokenizer=tokenizer,
+        lm=lm,
+        vision=vision,
+        feat_dim=clip.visual.layer4[-1].conv3.out_channels,
+        grid_size=image_size // 32,
+        image_size=image_size,
+        meta=json.loads((folder / "meta.json").read_text()),
+    )
+
+
+def _pretrain_into(spec: BackboneSpec, folder: Path, progress) -> None:
+    """Pretrain the tiny backbones and write them to `folder` atomically (a temp folder, then rename)."""
+    from vlbench.tasks.scenes import pretraining_corpus, text_corpus
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    p = spec.pretrain
+    try:
+        # fork_rng: fixed seeds for a deterministic result without touching the caller's RNG state
+        with torch.random.fork_rng(devices=[]), _progress_or_own(progress) as prog:
+            torch.manual_seed(p["seed"])
+            t0 = time.perf_counter()
+            sentences = text_corpus(p["text_examples"], p["seed"])
+            tokenizer = tiny_tokenizer(spec, sentences)
+            t_tok = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            image_size = spec.clip["vision_cfg"]["image_size"]
+            n_images = p["clip_images"] + p["clip_eval_images"]
+            images, captions = pretraining_corpus(n_images, image_size, p["seed"])
+            clip = build_clip(spec, tokenizer)
+            clip_stats = _pretrain_clip(clip, tokenizer, images, captions, p, prog)
+            t_clip = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            lm = _bart(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
+            lm_stats = _pretrain_lm(lm, tokenizer, sentences, p, prog)
+            add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to pretrained BART
+            t_lm = time.perf_counter() - t0
+
+        tmp.mkdir()
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp / "clip.safetensors")
+        lm.save_pretrained(tmp / "lm")
+        meta = {
+            "spec": dataclasses.asdict(spec),
+            "vocab_size": len(tokenizer),
+            "clip": clip_stats,
+            "lm": lm_stats,
+            "seconds": {"tokenizer": round(t_tok, 2), "clip": round(t_clip, 2), "lm": round(t_lm, 2)},
+            "torch_threads": torch.get_num_threads(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.exists():
+                raise
+            # another process finished the same pretraining first; its result is the same
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _progress_or_own(progress):
+    if progress is not None:
+        yield progress
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as own:
+        yield own
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # no decay on gains, biases and the temperature (all the 0/1-d parameters)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _warmup_cosine(step: int, total: int, warmup_ratio: float = 0.1) -> float:
+    warmup = max(1, int(total * warmup_ratio))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
+    """`steps` index batches of size `batch` drawn from reshuffled passes over range(n)."""
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch:
+            order = torch.cat([order, torch.randperm(n, generator=gen)])
+        yield order[:batch]
+        order = order[batch:]
+
+
+def _pretrain_clip(clip, tokenizer, images, captions, p: dict, progress) -> dict[str, Any]:
+    n_train = p["clip_images"]
+    pixels = torch.from_numpy(np.stack(images))  # uint8, normalised per batch to save memory
+    context = clip.context_length
+    text = tokenizer(captions, padding="max_length", truncation=True, max_length=context, return_tensors="pt").input_ids
+
+    loss_fn = ClipLoss()
+    opt = _optimizer(clip, p["clip_lr"], weight_decay=0.1)
+    steps = p["clip_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps))
+    gen = torch.Generator().manual_seed(p["seed"])
+    task = progress.add_task("pretrain tiny CLIP", total=steps)
+    losses = []
+    clip.train()
+    for idx in _batches(n_train, p["clip_batch"], steps, gen):
+        image_features, text_features, logit_scale = clip(_normalise(pixels[idx]), text[idx])
+        loss = loss_fn(image_features, text_features, logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))  # as open_clip's training loop does
+        losses.append(loss.item())
+        progress.update(task, advance=1, description=f"pretrain tiny CLIP  loss {loss.item():.3f}")
+    clip.eval()
+
+    # image->text retrieval on the held-out images: correct when the retrieved caption's text equals
+    # the image's own (different scenes can share a caption, so those count as right too)
+    held = range(n_train, len(images))
+    with torch.no_grad():
+        img = clip.encode_image(_normalise(pixels[n_train:]), normalize=True)
+        txt = clip.encode_text(text[n_train:], normalize=True)
+    best = (img @ txt.T).argmax(dim=1).tolist()
+    held_captions = [captions[i] for i in held]
+    accuracy = float(np.mean([held_captions[b] == c for b, c in zip(best, held_captions)]))
+    chance = float(np.mean([held_captions.count(c) / len(held_captions) for c in held_captions]))
+    stats = {
+        "final_loss": float(np.mean(losses[-20:])),
+        "first_loss": losses[0],
+        "logit_scale": clip.logit_scale.exp().item(),
+        "retrieval_top1": accuracy,
+        "retrieval_chance": chance,
+        "eval_images": len(held_captions),
+    }
+    log.info(
+        "tiny CLIP: loss %.3f -> %.3f, held-out image->text top-1 %.3f (chance %.3f, %d images)",
+        stats["first_loss"], stats["final_loss"], accuracy, chance, len(held_captions),
+    )
+    return stats
+
+
+def _infill(ids: list[int], mask_id: int, ratio: float, rng: np.random.Generator) -> list[int]:
+    """BART text infilling: spans (Poisson(3) lengths) covering ~ratio of the words become one <mask> each."""
+    body = ids[1:-1]  # keep <s> and </s>
+    budget = round(ratio * len(body))
+    hidden = np.zeros(len(body), dtype=bool)
+    while hidden.sum() < budget:
+        length = min(max(1, rng.poisson(3)), budget - int(hidden.sum()))
+        start = rng.integers(0, len(body) - length + 1)
+        hidden[start : start + length] = True
+    out = [ids[0]]
+    for tok, h in zip(body, hidden):
+        if not h:
+            out.append(tok)
+        elif out[-1] != mask_id:  # a run of hidden tokens collapses into a single <mask>
+            out.append(mask_id)
+    out.append(ids[-1])
+    return out
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+
+def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
+    max_len = lm.config.max_position_embeddings
+    ids = tokenizer(sentences, truncation=True, max_length=max_len).input_ids
+    pad, mask = tokenizer.pad_token_id, tokenizer.mask_token_id
+    rng = np.random.default_rng(p["seed"])
+    gen = torch.Generator().manual_seed(p["seed"])
+
+    opt = _optimizer(lm, p["lm_lr"], weight_decay=0.01)
+    steps = p["lm_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps))
+    task = progress.add_task("pretrain tiny BART", total=steps)
+    losses = []
+    lm.train()
+    for idx in _batches(len(ids), p["lm_batch"], steps, gen):
+        targets = [ids[i] for i in idx.tolist()]
+        inputs = _pad([_infill(t, mask, p["mask_ratio"], rng) for t in targets], pad)
+        labels = _pad(targets, -100)  # the model shifts labels right into decoder inputs
+        loss = lm(input_ids=inputs, attention_mask=inputs.ne(pad), labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        progress.update(task, advance=1, description=f"pretrain tiny BART  loss {loss.item():.3f}")
+    lm.eval()
+    stats = {"final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0]}
+    log.info("tiny BART denoising: loss %.3f -> %.3f", stats["first_loss"], stats["final_loss"])
+    return stats

@@ -1,0 +1,154 @@
+"""The command line: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlbench.config import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="vlbench: parameter-efficient VL transfer benchmarks")
+sweep_app = typer.Typer(no_args_is_help=True, help="Run a grid of training jobs and store the results.")
+app.add_typer(sweep_app, name="sweep")
+console = Console()
+err_console = Console(stderr=True)
+
+RUNS_DIR = Path("runs")
+REPORTS_DIR = Path("reports")
+DB_HELP = "SQLAlchemy URL of the results database [default: sqlite:///runs/vlbench.db]"
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def csv_list(value: str | None, flag: str, cast=str) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{flag}: expected a comma-separated list of {cast.__name__} values, got '{value}'") from None
+    if not items:
+        raise UserError(f"{flag}: empty list")
+    return items
+
+
+def open_store(db: str | None):
+    from vlbench.store import Store
+
+    return Store(db or Store.default_url(RUNS_DIR))
+
+
+@sweep_app.command("image-text")
+def sweep_image_text(
+    profile: str = typer.Option("tiny", help="tiny (offline, CPU) or paper"),
+    methods: str = typer.Option("full,adapter", help="comma-separated: full, adapter"),
+    sharing: Optional[str] = typer.Option(None, help="comma-separated: multiple, half, single [default: per method]"),
+    hidden_dims: Optional[str] = typer.Option(None, help="comma-separated bottleneck sizes [default: d_model/8]"),
+    seeds: str = typer.Option("0", help="comma-separated seeds"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs [default: profile's]"),
+    lr: Optional[float] = typer.Option(None, help="learning rate for every job [default: per method]"),
+    batch_size: Optional[int] = typer.Option(None, help="batch size [default: profile's]"),
+    n_train: Optional[int] = typer.Option(None, help="synthetic examples per task for training"),
+    n_val: Optional[int] = typer.Option(None, help="synthetic examples per task for validation"),
+    n_test: Optional[int] = typer.Option(None, help="synthetic examples per task for test"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: image-text-<profile>]"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
+):
+    """Train every job of a method x sharing x hidden-dim x seed grid on the image-text tasks."""
+    from vlbench.grid import GridRequest, expand
+    from vlbench.sweep import plan_table, run_sweep
+
+    try:
+        request = GridRequest(
+            suite="image-text",
+            profile=profile,
+            methods=csv_list(methods, "--methods"),
+            sharing=csv_list(sharing, "--sharing"),
+            hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),
+            seeds=csv_list(seeds, "--seeds", int),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+        )
+        configs = expand(request)
+        if dry_run:
+            console.print(plan_table(configs))
+            return
+        store = open_store(db)
+        command = shlex.join(["vlbench", *sys.argv[1:]])
+        summary = run_sweep(configs, store, sweep_name or f"image-text-{profile}", command, RUNS_DIR, console)
+    except UserError as e:
+        fail(str(e))
+    console.print(
+        f"sweep finished in {summary.seconds:.1f}s: {len(summary.done)} trained, "
+        f"{len(summary.skipped)} already done, {len(summary.failed)} failed"
+    )
+    if summary.failed:
+        for label, reason in summary.failed:
+            err_console.print(f"[red]failed[/red] {label}: {reason}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """List the runs in the database and their state."""
+    try:
+        runs = open_store(db).runs(sweep=sweep_name)
+    except UserError as e:
+        fail(str(e))
+    if not runs:
+        console.print("no runs yet; start one with `vlbench sweep image-text`")
+        return
+    table = Table("sweep", "run", "key", "status", "params %", "train s", "finished", "error")
+    for r in runs:
+        table.add_row(
+            r.sweep,
+            r.label,
+            r.key,
+            r.status,
+            f"{r.percent:.2f}" if r.percent is not None else "-",
+            f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-",
+            r.finished_at.strftime("%Y-%m-%d %H:%M") if r.finished_at else "-",
+            (r.error or "")[:60],
+        )
+    console.print(table)
+
+
+@app.command()
+def report(
+    table: int = typer.Option(1, "--table", help="which paper table (1: multi-task image-text)"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """Render a paper-style table from the database; also written under reports/."""
+    from vlbench.report import FORMATS, render, table1, write_report
+
+    try:
+        if table != 1:
+            raise UserError(f"--table: table {table} is not available yet (available: 1)")
+        if fmt not in FORMATS:
+            raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+        text = render(table1(open_store(db), sweep=sweep_name, profile=profile), fmt)
+    except UserError as e:
+        fail(str(e))
+    path = write_report(text, REPORTS_DIR, f"table{table}", fmt)
+    print(text, end="" if text.endswith("\n") else "\n")
+    err_console.print(f"[dim]written to {path}[/dim]")

@@ -1,0 +1,98 @@
+"""RunConfig: everything that determines one training job, and its stable key.
+
+A RunConfig is plain data. Two configs with the same content have the same key, which is how
+the store recognises a job that has already run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported as one line, never as a traceback."""
+
+
+IMAGE_TEXT_TASKS = ("vqa", "gqa", "nlvr", "caption")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which examples a run sees. `source` is `synthetic` (tiny profile) or `real` (paper files)."""
+
+    source: str = "synthetic"
+    seed: int = 0
+    # examples per task and split for the synthetic suite (questions for QA tasks, images for captions)
+    n_train: int = 1200
+    n_val: int = 150
+    n_test: int = 300
+    image_size: int = 128
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 8
+    lr: float = 1e-3
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 5.0
+    adam_eps: float = 1e-6
+    # eval batch and decoding
+    eval_batch_size: int = 128
+    caption_beams: int = 5
+    caption_max_len: int = 20
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    suite: str = "image-text"
+    profile: str = "tiny"
+    backbone: str = "tiny"  # key into vlbench.backbones.BACKBONES
+    pool_size: int = 4  # visual grid max-pooled to pool_size x pool_size tokens per image (paper: 7 -> 6)
+    tasks: tuple[str, ...] = IMAGE_TEXT_TASKS
+    method: str = "full"
+    sharing: str | None = None  # multiple | half | single; None for methods without per-task modules
+    hidden_dim: int | None = None  # bottleneck / rank / prompt length, per method
+    method_options: tuple[tuple[str, Any], ...] = ()  # extra method knobs, as sorted pairs
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"] = list(self.tasks)
+        d["method_options"] = dict(self.method_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        d["tasks"] = tuple(d["tasks"])
+        d["method_options"] = tuple(sorted(d.get("method_options", {}).items()))
+        d["data"] = DataConfig(**d["data"])
+        d["optim"] = OptimConfig(**d["optim"])
+        return cls(**d)
+
+    def key(self) -> str:
+        """A short stable hash of the canonical JSON of the config."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.method_options)
+
+    def label(self) -> str:
+        """A short human-readable name for progress bars and logs."""
+        parts = [self.method]
+        if self.sharing:
+            parts.append(self.sharing)
+        if self.hidden_dim is not None:
+            parts.append(f"d{self.hidden_dim}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)

@@ -1,0 +1,74 @@
+"""From task examples to model batches: tokenised text, gathered image features, targets.
+
+What a training item is and which target a visit of it trains on is the task's business
+(`Task.train_items`, `Task.sample_target`); this module only turns them into tensors.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from vlbench.tasks.base import Example, Task
+
+
+@dataclass
+class TaskData:
+    task: Task
+    tokenizer: object  # transformers.PreTrainedTokenizerFast
+    features: object  # vlbench.features.FeatureTable: image ids -> (n, T, F)
+    examples: dict[str, list[Example]]  # split -> examples
+    train_items: list[Example] = field(init=False)
+    _input_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train_items = self.task.train_items(self.examples["train"])
+        # tokenise every input once per run, not once per batch
+        all_examples = self.train_items + self.examples["val"] + self.examples["test"]
+        texts = [self.task.input_text(ex) for ex in all_examples]
+        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        self._input_ids = {ex.uid: ids for ex, ids in zip(all_examples, encoded)}
+
+    def split(self, name: str) -> list[Example]:
+        return self.examples[name]
+
+    def inputs(self, examples: list[Example], device) -> dict[str, torch.Tensor]:
+        ids = [self._input_ids[ex.uid] for ex in examples]
+        input_ids, attention_mask = pad([torch.tensor(x) for x in ids], self.tokenizer.pad_token_id)
+        feats = torch.stack([self.features[list(ex.image_ids)] for ex in examples])  # (B, n_img, T, F)
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "feats": feats.to(device)}
+
+    def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
+        """Decode one batch as the task says: greedy, beam search, or a choice between fixed answers."""
+        if self.task.decode == "choice":
+            choice_ids = [self.tokenizer.convert_tokens_to_ids(c) for c in self.task.choices]
+            best = model.choice_logits(batch, choice_ids).argmax(-1)
+            return [self.task.choices[i] for i in best.tolist()]
+        if self.task.decode == "beam":
+            out = model.generate(batch, num_beams=optim.caption_beams, max_new_tokens=optim.caption_max_len + 2)
+        else:
+            out = model.generate(batch, num_beams=1, max_new_tokens=self.task.max_target_tokens + 2)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def pad(seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [len(s) for s in seqs]
+    out = torch.full((len(seqs), max(lengths)), value, dtype=torch.long)
+    mask = torch.zeros_like(out)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return out, mask
+
+
+def collate_train(data: TaskData, indices: list[int], rng: random.Random, device) -> dict[str, torch.Tensor]:
+    items = [data.train_items[i] for i in indices]
+    batch = data.inputs(items, device)
+    targets, weights = zip(*(data.task.sample_target(item, rng) for item in items))
+    label_ids = data.tokenizer(list(targets), add_special_tokens=True)["input_ids"]
+    labels, mask = pad([torch.tensor(x) for x in label_ids], -100)
+    batch["labels"] = labels.masked_fill(mask == 0, -100).to(device)
+    batch["weights"] = torch.tensor(weights, dtype=torch.float32, device=device)
+    return batch

@@ -1,0 +1,86 @@
+"""Expanding sweep flags and profile defaults into RunConfigs, rejecting bad combinations up front."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vlbench.config import IMAGE_TEXT_TASKS, RunConfig, UserError
+from vlbench.methods import get_method
+from vlbench.profiles import get_profile
+
+SUITES = {"image-text": IMAGE_TEXT_TASKS}
+
+
+@dataclass(frozen=True)
+class GridRequest:
+    """What the user asked for; None means "the profile's / method's default"."""
+
+    suite: str = "image-text"
+    profile: str = "tiny"
+    methods: tuple[str, ...] = ("full", "adapter")
+    sharing: tuple[str, ...] | None = None
+    hidden_dims: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = (0,)
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+
+
+def expand(req: GridRequest) -> list[RunConfig]:
+    if req.suite not in SUITES:
+        raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
+    profile = get_profile(req.profile)
+    positive("--epochs", req.epochs)
+    positive("--lr", req.lr)
+    positive("--batch-size", req.batch_size)
+    positive("--n-train", req.n_train)
+    positive("--n-val", req.n_val)
+    positive("--n-test", req.n_test)
+    if not req.methods:
+        raise UserError("--methods: give at least one method")
+    for hidden_dim in req.hidden_dims or ():
+        if hidden_dim <= 0:
+            raise UserError(f"--hidden-dims: must be positive, got {hidden_dim}")
+
+    data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
+    configs: dict[str, RunConfig] = {}
+    for name in req.methods:
+        method = get_method(name)
+        # a method without sharing modes or hidden dim collapses those axes to one job
+        sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
+        dims = (req.hidden_dims or (profile.default_hidden_dim,)) if method.uses_hidden_dim else (None,)
+        for sharing in sharings:
+            for hidden_dim in dims:
+                method.validate(sharing, hidden_dim, profile.d_model)
+                lr = req.lr or profile.learning_rate(name, sharing)
+                optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
+                for seed in req.seeds:
+                    cfg = RunConfig(
+                        suite=req.suite,
+                        profile=profile.name,
+                        backbone=profile.backbone,
+                        pool_size=profile.pool_size,
+                        tasks=SUITES[req.suite],
+                        method=name,
+                        sharing=sharing,
+                        hidden_dim=hidden_dim,
+                        seed=seed,
+                        data=data,
+                        optim=optim,
+                    )
+                    configs.setdefault(cfg.key(), cfg)
+    return list(configs.values())
+
+
+def positive(flag: str, value) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{flag}: must be positive, got {value}")
+
+
+def replace_set(obj, **changes):
+    """dataclasses.replace with only the values that were given."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,67 @@
+"""The method interface: every parameter-efficient method (and full fine-tuning) implements it.
+
+A method is configured from a RunConfig, then `apply(model, tasks)` adds its modules to
+`model.method_modules`, attaches them through hooks, and sets `requires_grad` on exactly the
+parameters that train. The engine only ever sees the resulting model.
+
+Sharing modes are routing, not separate classes: `multiple` keeps one module per task, `single`
+one for all tasks, `half` shares the up-projection and keeps the down-projection per task.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
+
+from vlbench.config import RunConfig, UserError
+from vlbench.model import VLModel
+
+
+class Method:
+    name: ClassVar[str]
+    sharing_modes: ClassVar[tuple[str, ...]] = ()  # empty: the method has no per-task modules
+    default_sharing: ClassVar[str | None] = None
+    uses_hidden_dim: ClassVar[bool] = False
+    hidden_dim_meaning: ClassVar[str] = ""  # "bottleneck size", "rank", "prompt length"
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    @classmethod
+    def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int) -> None:
+        """Raise UserError (naming the flag) for a combination that makes no sense."""
+        if cls.sharing_modes and sharing not in cls.sharing_modes:
+            raise UserError(
+                f"--sharing: '{sharing}' is not available for {cls.name} (choose from {', '.join(cls.sharing_modes)})"
+            )
+        if cls.uses_hidden_dim and (hidden_dim is None or hidden_dim <= 0):
+            raise UserError(f"--hidden-dims: {cls.name} needs a positive {cls.hidden_dim_meaning}, got {hidden_dim}")
+
+    def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+
+def freeze_all_but_visual_embedding(model: VLModel) -> None:
+    """The starting point of every PEFT method: the LM frozen, theta V->L trainable."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.visual_embedding.parameters():
+        p.requires_grad_(True)
+
+
+def unfreeze_layer_norms(model: VLModel) -> None:
+    for ln in model.layer_norms():
+        for p in ln.parameters():
+            p.requires_grad_(True)
+
+
+def transform_output(module: nn.Module, fn) -> None:
+    """Apply `fn` to a module's output tensor (the first element when the module returns a tuple)."""
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+
+    module.register_forward_hook(hook)

@@ -1,0 +1,180 @@
+"""The VL model: precomputed CLIP grid features -> visual embedding -> appended to the text -> seq2seq LM.
+
+Structure follows VL-T5/VL-Adapter (REFERENCE.md section 1). The model knows nothing about which
+parameter-efficient method is inside it; methods attach through three seams:
+  * `method_modules`: where a method registers every module it adds (so accounting can find them),
+  * forward hooks on the sublayers listed by `sublayer_sites()` / `attention_projections()`,
+  * `encoder_prefix`: an optional callable returning embeddings prepended to the encoder input.
+Per-task modules read `router.task`, which the engine sets before each task-homogeneous batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput
+
+
+class TaskRouter:
+    """Holds the task of the current batch; per-task method modules look it up here."""
+
+    def __init__(self) -> None:
+        self.task: str | None = None
+
+    def require(self) -> str:
+        if self.task is None:
+            raise RuntimeError("no current task set on the model's router")
+        return self.task
+
+
+class VisualEmbedding(nn.Module):
+    """theta V->L: grid features and (all-zero) boxes projected to the LM width, plus image order
+    and object-order identity taken from the rows of the added `<vis_extra_id_k>` tokens."""
+
+    def __init__(self, feat_dim: int, d_model: int, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.feat_embedding = nn.Sequential(nn.Linear(feat_dim, d_model), nn.LayerNorm(d_model))
+        self.box_embedding = nn.Sequential(nn.Linear(5, d_model), nn.LayerNorm(d_model))
+        self.img_order_embedding = nn.Embedding(2, d_model)
+        self._word_embeddings = [word_embeddings]  # a list so it is not registered twice
+
+    def forward(self, feats: torch.Tensor, img_order: torch.Tensor, obj_order: torch.Tensor) -> torch.Tensor:
+        # feats (B, N, F); img_order, obj_order (B, N). Object k uses vocab row (V - 1 - k): the
+        # vis tokens are the last rows of the table, counted from the end as in VL-T5.
+        word_embeddings = self._word_embeddings[0]
+        boxes = feats.new_zeros(feats.shape[0], feats.shape[1], 5)
+        obj_ids = word_embeddings.num_embeddings - 1 - obj_order
+        return (
+            self.feat_embedding(feats)
+            + self.box_embedding(boxes)
+            + self.img_order_embedding(img_order)
+            + word_embeddings(obj_ids)
+        )
+
+
+@dataclass(frozen=True)
+class Site:
+    """One sublayer whose output a method may transform (before dropout, residual and post-LN)."""
+
+    name: str  # e.g. "encoder.3.self_attn"
+    stack: str  # "encoder" | "decoder"
+    layer: int
+    kind: str  # "self_attn" | "cross_attn" | "ffn"
+    module: nn.Module  # hook its forward output
+    dim: int
+
+
+class VLModel(nn.Module):
+    def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int):
+        super().__init__()
+        self.lm = lm
+        self.n_vis_tokens = n_vis_tokens
+        self.pool_size = pool_size
+        d_model = lm.config.d_model
+        self.visual_embedding = VisualEmbedding(feat_dim, d_model, lm.get_input_embeddings())
+        self.method_modules = nn.ModuleDict()
+        self.router = TaskRouter()
+        self.encoder_prefix: Callable[[int], torch.Tensor] | None = None
+
+    # ---- structure exposed to methods -------------------------------------------------
+    def sublayer_sites(self) -> list[Site]:
+        """Adapter sites of BART: 2 per encoder layer, 3 per decoder layer."""
+        d = self.lm.config.d_model
+        sites = []
+        for i, layer in enumerate(self.lm.model.encoder.layers):
+            sites.append(Site(f"encoder.{i}.self_attn", "encoder", i, "self_attn", layer.self_attn, d))
+            sites.append(Site(f"encoder.{i}.ffn", "encoder", i, "ffn", layer.fc2, d))
+        for i, layer in enumerate(self.lm.model.decoder.layers):
+            sites.append(Site(f"decoder.{i}.self_attn", "decoder", i, "self_attn", layer.self_attn, d))
+            sites.append(Site(f"decoder.{i}.cross_attn", "decoder", i, "cross_attn", layer.encoder_attn, d))
+            sites.append(Site(f"decoder.{i}.ffn", "decoder", i, "ffn", layer.fc2, d))
+        return sites
+
+    def attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """Every attention module of the LM (encoder self, decoder self, decoder cross)."""
+        return [(s.name, s.module) for s in self.sublayer_sites() if s.kind != "ffn"]
+
+    def layer_norms(self) -> list[nn.LayerNorm]:
+        return [m for m in self.lm.modules() if isinstance(m, nn.LayerNorm)]
+
+    # ---- forward ------------------------------------------------------------------------
+    def visual_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, n_images, T, F) grid features -> pooled tokens (B, n_images * P*P, F) with orders."""
+        b, n_img, t, f = feats.shape
+        side = int(round(t**0.5))
+        grid = feats.reshape(b * n_img, side, side, f).permute(0, 3, 1, 2)
+        pooled = F.adaptive_max_pool2d(grid, self.pool_size).flatten(2).transpose(1, 2)  # (B*n, P*P, F)
+        per_image = pooled.shape[1]
+        tokens = pooled.reshape(b, n_img * per_image, f)
+        img_order = torch.arange(n_img, device=feats.device).repeat_interleave(per_image).expand(b, -1)
+        obj_order = torch.arange(per_image, device=feats.device).repeat(n_img).expand(b, -1)
+        return tokens, img_order, obj_order
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feats: torch.Tensor):
+        """Encoder pass: [prefix; LN_emb(text + pos); visual] -> BART encoder layers.
+
+        Visual tokens are added after `layernorm_embedding` and get no position embedding,
+        as in VL-T5; a method's prefix (prompt tokens) goes in front of the text.
+        """
+        encoder = self.lm.model.encoder
+        text = encoder.embed_tokens(input_ids)
+        text = encoder.layernorm_embedding(text + encoder.embed_positions(input_ids))
+        vis_feats, img_order, obj_order = self.visual_tokens(feats)
+        vis = self.visual_embedding(vis_feats, img_order, obj_order)
+        parts = [text, vis]
+        masks = [attention_mask, attention_mask.new_ones(vis.shape[:2])]
+        if self.encoder_prefix is not None:
+            prefix = self.encoder_prefix(input_ids.shape[0])
+            parts.insert(0, prefix)
+            masks.insert(0, attention_mask.new_ones(prefix.shape[:2]))
+        hidden = F.dropout(torch.cat(parts, 1), p=encoder.dropout, training=self.training)
+        mask = torch.cat(masks, 1)
+        mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in encoder.layers:
+            hidden = layer(hidden, mask4d)
+        return BaseModelOutput(last_hidden_state=hidden), mask
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token CE averaged per example, weighted per example (VQA soft score), averaged over the batch."""
+        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        labels = batch["labels"]
+        decoder_input_ids = shift_right(labels, self.lm.config.pad_token_id, self.lm.config.decoder_start_token_id)
+        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        valid = (labels != -100).float()
+        per_example = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
+        return (per_example * batch["weights"]).mean()
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], num_beams: int, max_new_tokens: int) -> torch.Tensor:
+        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        return self.lm.generate(
+            encoder_outputs=enc,
+            attention_mask=mask,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            early_stopping=True if num_beams > 1 else False,
+        )
+
+    @torch.no_grad()
+    def choice_logits(self, batch: dict[str, torch.Tensor], choice_ids: list[int]) -> torch.Tensor:
+        """One decoder step after `<s>`: the logits of each choice's first token (NLVR2 true/false)."""
+        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        cfg = self.lm.config
+        n = batch["input_ids"].shape[0]
+        start = torch.tensor([cfg.decoder_start_token_id, cfg.bos_token_id], device=mask.device).expand(n, -1)
+        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
+        return logits[:, choice_ids]
+
+
+def shift_right(labels: torch.Tensor, pad_id: int, start_id: int) -> torch.Tensor:
+    shifted = labels.new_full(labels.shape, pad_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = start_id
+    return shifted.masked_fill(shifted == -100, pad_id)

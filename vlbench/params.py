@@ -1,0 +1,53 @@
+"""The one parameter-accounting function (REFERENCE.md section 3).
+
+Updated Params (%) = 100 * trainable / all parameters of the VL model, where "all" is the LM
+(tied lm_head once), the added `<vis_extra_id_k>` rows, the visual embedding and the parameters a
+method adds. The vision encoder is not part of the VLModel (its features are precomputed), so it is
+not counted. `named_parameters()` yields a shared tensor once, so shared modules count once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlbench.model import VLModel
+
+CONVENTION = "vl-adapter: LM + added vis-token rows + visual embedding + method params; vision encoder excluded"
+COMPONENTS = ("lm", "vis_tokens", "visual_embedding", "method")
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+    components: dict[str, dict[str, int]]  # component -> {"trainable": n, "total": n}
+    convention: str = CONVENTION
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+
+def count_parameters(model: VLModel) -> ParamCount:
+    components = {c: {"trainable": 0, "total": 0} for c in COMPONENTS}
+    word_embeddings = model.lm.get_input_embeddings().weight
+
+    def add(component: str, n: int, trains: bool) -> None:
+        components[component]["total"] += n
+        components[component]["trainable"] += n if trains else 0
+
+    for name, p in model.named_parameters():
+        if p is word_embeddings:
+            # the table holds the original vocabulary and, in its last rows, the added vis tokens
+            vis_rows = model.n_vis_tokens * p.shape[1]
+            add("vis_tokens", vis_rows, p.requires_grad)
+            add("lm", p.numel() - vis_rows, p.requires_grad)
+        elif name.startswith("visual_embedding."):
+            add("visual_embedding", p.numel(), p.requires_grad)
+        elif name.startswith("method_modules."):
+            add("method", p.numel(), p.requires_grad)
+        else:
+            add("lm", p.numel(), p.requires_grad)
+    trainable = sum(c["trainable"] for c in components.values())
+    total = sum(c["total"] for c in components.values())
+    return ParamCount(trainable=trainable, total=total, components=components)

@@ -1,0 +1,55 @@
+"""Profiles: the defaults a sweep starts from. `tiny` runs offline on a laptop CPU; `paper` is the
+paper's setting (CLIP RN101 + BART-base, real data, the paper's hyperparameters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlbench.config import DataConfig, OptimConfig, UserError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    backbone: str
+    pool_size: int
+    data: DataConfig
+    optim: OptimConfig
+    d_model: int  # the LM width, for defaults that scale with it (hidden dim = d_model / 8)
+    lr: dict  # (method, sharing) or (method, None) -> learning rate; "default" for the rest
+
+    def learning_rate(self, method: str, sharing: str | None) -> float:
+        return self.lr.get((method, sharing), self.lr.get((method, None), self.lr["default"]))
+
+    @property
+    def default_hidden_dim(self) -> int:
+        return self.d_model // 8
+
+
+PROFILES = {
+    "tiny": Profile(
+        name="tiny",
+        backbone="tiny",
+        pool_size=4,
+        data=DataConfig(source="synthetic"),
+        optim=OptimConfig(epochs=8, batch_size=32),
+        d_model=64,
+        lr={("full", None): 5e-4, ("adapter", "multiple"): 2e-3, ("adapter", "half"): 2e-3, "default": 3e-3},
+    ),
+    # REFERENCE.md section 4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
+    "paper": Profile(
+        name="paper",
+        backbone="paper",
+        pool_size=6,
+        data=DataConfig(source="real", image_size=224),
+        optim=OptimConfig(epochs=20, batch_size=500),
+        d_model=768,
+        lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise UserError(f"--profile: unknown profile '{name}' (choose from {', '.join(PROFILES)})")
+    return PROFILES[name]

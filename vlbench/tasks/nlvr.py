@@ -1,0 +1,100 @@
+"""NLVR2: is a statement about two images true? Balanced 50/50, scored by accuracy.
+
+For each example the label is a coin flip, the statement is drawn independently of the label
+(family and words uniformly), and then pairs of images from the split's pool are tried until one
+makes the statement have that label. So the statement text alone says nothing about the label.
+"""
+
+from __future__ import annotations
+
+import random
+
+from vlbench.config import DataConfig
+from vlbench.metrics import accuracy
+from vlbench.tasks.base import Example, Task
+from vlbench.tasks.scenes import (
+    COLORS,
+    MAX_OBJECTS,
+    NUMBER_WORDS,
+    SHAPES,
+    Scene,
+    SyntheticImageBank,
+    random_scene,
+)
+
+PAIR_TRIES = 200
+
+
+def random_statement(rng: random.Random):
+    """(statement text, truth function of the (left, right) scenes)."""
+    family = rng.choice(["compare", "both_color", "total", "side_has", "neither"])
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    if family == "compare":
+        if rng.random() < 0.5:
+            return (
+                f"the left image has more {shape}s than the right image",
+                lambda a, b: a.count(shape) > b.count(shape),
+            )
+        return (
+            f"the left image has fewer {shape}s than the right image",
+            lambda a, b: a.count(shape) < b.count(shape),
+        )
+    if family == "both_color":
+        return (
+            f"both images contain a {color} object",
+            lambda a, b: a.count(color=color) > 0 and b.count(color=color) > 0,
+        )
+    if family == "total":
+        total = rng.randint(2, 2 * MAX_OBJECTS)
+        return (
+            f"there are exactly {NUMBER_WORDS[total]} objects in total",
+            lambda a, b: len(a.objects) + len(b.objects) == total,
+        )
+    if family == "side_has":
+        side = rng.choice(["left", "right"])
+        return (
+            f"the {side} image contains a {color} {shape}",
+            lambda a, b: (a if side == "left" else b).count(shape, color) > 0,
+        )
+    return f"neither image contains a {shape}", lambda a, b: a.count(shape) == 0 and b.count(shape) == 0
+
+
+class NLVRTask(Task):
+    name = "nlvr"
+    prefix = "nlvr: "
+    decode = "choice"
+    choices = ("true", "false")
+    images_per_example = 2
+    max_target_tokens = 1
+
+    def synthetic(self, data: DataConfig, split: str, bank: SyntheticImageBank) -> list[Example]:
+        n = getattr(data, f"n_{split}")
+        rng = random.Random(f"nlvr-{split}-{data.seed}")
+        # each image appears in about 4 pairs on average
+        pool: list[tuple[str, Scene]] = []
+        for i in range(max(2, n // 2) if n else 0):
+            scene = random_scene(rng)
+            pool.append((bank.add(f"nlvr-{split}-img{i:05d}", scene), scene))
+        examples = []
+        while len(examples) < n:
+            label = rng.choice(["true", "false"])
+            statement, truth = random_statement(rng)
+            for _ in range(PAIR_TRIES):
+                (left_id, left), (right_id, right) = rng.sample(pool, 2)
+                if truth(left, right) == (label == "true"):
+                    examples.append(
+                        Example(
+                            uid=f"nlvr-{split}-{len(examples):05d}",
+                            task=self.name,
+                            image_ids=(left_id, right_id),
+                            text=statement,
+                            targets=(label,),
+                            target_scores=None,
+                            answers=(label,),
+                        )
+                    )
+                    break
+        return examples
+
+    def metric(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
+        return {"score": accuracy(predictions, [e.answers[0] for e in examples])}

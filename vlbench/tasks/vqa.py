@@ -1,0 +1,179 @@
+"""VQA: attribute, count and presence questions with 10 annotator answers and soft scores.
+
+Each image gets 3 questions. The first decides how the scene is built (count questions pick the
+answer 0..4 uniformly and then build a scene with that many of the shape; presence questions
+pick yes/no by a coin), so answers given the question text alone stay near uniform. The other
+two are attribute or presence questions about the finished scene, again balanced by a coin.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from vlbench.config import DataConfig
+from vlbench.metrics import vqa_accuracy, vqa_score_summary
+from vlbench.tasks.base import Example, Task
+from vlbench.tasks.scenes import (
+    COLORS,
+    KINDS,
+    MAX_OBJECTS,
+    SHAPES,
+    Scene,
+    SyntheticImageBank,
+    place,
+    random_kinds,
+    random_scene,
+)
+
+QUESTIONS_PER_IMAGE = 3
+N_ANNOTATORS = 10
+
+
+def soft_score(count: int) -> float:
+    """VL-T5/LXMERT label score of an answer given by `count` of the 10 annotators."""
+    return {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}.get(count, 1.0)
+
+
+def count_question(rng: random.Random) -> tuple[Scene, str, str, str]:
+    answer = rng.randint(0, MAX_OBJECTS)
+    shape = rng.choice(SHAPES)
+    n_objects = rng.randint(max(answer, 1), MAX_OBJECTS)
+    others = [k for k in KINDS if k[1] != shape]
+    kinds = [(rng.choice(list(COLORS)), shape) for _ in range(answer)]
+    kinds += [rng.choice(others) for _ in range(n_objects - answer)]
+    return place(rng, kinds), f"how many {shape}s are there?", str(answer), "number"
+
+
+def presence_question(
+    rng: random.Random, answer: str, scene: Scene | None = None, asked: frozenset[str] = frozenset()
+) -> tuple[Scene, str, str, str] | None:
+    """The yes/no question "is there a <colour> <shape>?" with the given answer, not among `asked`.
+
+    Builds a scene when none is given; None when the scene cannot give that answer anew.
+    """
+    if scene is None:
+        kind = rng.choice(KINDS)
+        n_objects = rng.randint(1, MAX_OBJECTS)
+        if answer == "yes":
+            scene = place(rng, [kind] + random_kinds(rng, n_objects - 1))
+        else:
+            scene = place(rng, random_kinds(rng, n_objects, exclude=(kind,)))
+    else:
+        present = {(o.color, o.shape) for o in scene.objects}
+        kinds = [
+            k for k in KINDS if (k in present) == (answer == "yes") and f"is there a {k[0]} {k[1]}?" not in asked
+        ]
+        if not kinds:
+            return None
+        kind = rng.choice(kinds)
+    return scene, f"is there a {kind[0]} {kind[1]}?", answer, "yes/no"
+
+
+def attribute_questions(scene: Scene) -> list[tuple[str, str]]:
+    """(question, answer) about objects singled out by a unique shape or a unique colour."""
+    questions = []
+    for o in scene.objects:
+        if scene.count(shape=o.shape) == 1:
+            questions.append((f"what color is the {o.shape}?", o.color))
+        if scene.count(color=o.color) == 1:
+            questions.append((f"what shape is the {o.color} object?", o.shape))
+    return questions
+
+
+def wrong_answers(answer: str, answer_type: str) -> list[str]:
+    """Plausible mistakes an annotator could make."""
+    if answer_type == "yes/no":
+        return ["no" if answer == "yes" else "yes"]
+    if answer_type == "number":
+        return [str(n) for n in (int(answer) - 1, int(answer) + 1) if 0 <= n <= MAX_OBJECTS]
+    pool = list(COLORS) if answer in COLORS else list(SHAPES)
+    return [a for a in pool if a != answer]
+
+
+def annotate(answer: str, answer_type: str, rng: random.Random) -> list[str]:
+    """10 annotator answers: usually unanimous, sometimes 1-3 plausible mistakes."""
+    answers = [answer] * N_ANNOTATORS
+    n_wrong = rng.choices([0, 1, 2, 3], weights=[70, 15, 10, 5])[0]
+    for i in rng.sample(range(N_ANNOTATORS), n_wrong):
+        answers[i] = rng.choice(wrong_answers(answer, answer_type))
+    return answers
+
+
+class VQATask(Task):
+    name = "vqa"
+    prefix = "vqa: "
+    decode = "greedy"
+    max_target_tokens = 4
+
+    def image_questions(self, rng: random.Random, yes_no: Counter) -> tuple[Scene, list[tuple[str, str, str]]]:
+        """One scene and its (question, answer, answer_type) triples, all distinct questions.
+
+        `yes_no` counts the presence answers given so far; each new presence question takes the
+        answer that is behind, because a small scene has few "yes" questions and many "no" ones.
+        """
+
+        def wanted_answer() -> str:
+            if yes_no["yes"] == yes_no["no"]:
+                return rng.choice(["yes", "no"])
+            return "yes" if yes_no["yes"] < yes_no["no"] else "no"
+
+        family = rng.choices(["count", "presence", "attribute"], weights=[2, 1, 1])[0]
+        if family == "count":
+            scene, question, answer, answer_type = count_question(rng)
+        elif family == "presence":
+            scene, question, answer, answer_type = presence_question(rng, wanted_answer())
+            yes_no[answer] += 1
+        else:
+            scene = random_scene(rng)  # every scene has an attribute question: 1-object scenes at least
+            while not attribute_questions(scene):
+                scene = random_scene(rng)
+            question, answer = rng.choice(attribute_questions(scene))
+            answer_type = "other"
+        questions = [(question, answer, answer_type)]
+        for _ in range(20):  # a few tries to find distinct follow-up questions
+            if len(questions) == QUESTIONS_PER_IMAGE:
+                break
+            asked = frozenset(q[0] for q in questions)
+            attributes = [q for q in attribute_questions(scene) if q[0] not in asked]
+            if attributes and rng.random() < 0.5:
+                questions.append((*rng.choice(attributes), "other"))
+            else:
+                presence = presence_question(rng, wanted_answer(), scene, asked)
+                if presence is not None:
+                    questions.append(presence[1:])
+                    yes_no[presence[2]] += 1
+        return scene, questions
+
+    def synthetic(self, data: DataConfig, split: str, bank: SyntheticImageBank) -> list[Example]:
+        n = getattr(data, f"n_{split}")
+        rng = random.Random(f"vqa-{split}-{data.seed}")
+        examples: list[Example] = []
+        n_images = 0
+        yes_no: Counter = Counter()
+        while len(examples) < n:
+            scene, questions = self.image_questions(rng, yes_no)
+            image_id = bank.add(f"vqa-{split}-img{n_images:05d}", scene)
+            n_images += 1
+            for question, answer, answer_type in questions[: n - len(examples)]:
+                answers = annotate(answer, answer_type, rng)
+                counts = Counter(answers).most_common()  # most frequent first: targets[0] is the majority
+                examples.append(
+                    Example(
+                        uid=f"vqa-{split}-{len(examples):05d}",
+                        task=self.name,
+                        image_ids=(image_id,),
+                        text=question,
+                        targets=tuple(a for a, _ in counts),
+                        target_scores=tuple(soft_score(c) for _, c in counts),
+                        answers=tuple(answers),
+                        answer_type=answer_type,
+                    )
+                )
+        return examples
+
+    def metric(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
+        accuracies = [vqa_accuracy(p, list(e.answers)) for e, p in zip(examples, predictions)]
+        summary = vqa_score_summary(accuracies, [e.answer_type for e in examples])
+        summary["score"] = summary.pop("overall")
+        return summary
