@@ -124,3 +124,12 @@ def test_report_with_no_runs_says_what_to_run(workdir):
     result = invoke("report", "--table", "1")
     assert result.exit_code == 2
     assert "vlbench sweep image-text" in result.output
+
+
+def test_rerun_on_cpu_reproduces_metrics(workdir):
+    for db in ("first.db", "second.db"):
+        result = invoke("sweep", "image-text", "--methods", "adapter", "--db", f"sqlite:///{db}", *SMALL)
+        assert result.exit_code == 0, result.output
+    first, second = (Store(f"sqlite:///{db}").test_scores() for db in ("first.db", "second.db"))
+    columns = ["method", "task", "name", "value"]
+    assert first[columns].sort_values(columns).values.tolist() == second[columns].sort_values(columns).values.tolist()

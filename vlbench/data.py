@@ -31,6 +31,13 @@ class TaskData:
         encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self._input_ids = {ex.uid: ids for ex, ids in zip(all_examples, encoded)}
 
+    def choice_ids(self) -> list[int]:
+        """The first target token of each choice, as training tokenises targets ("true" -> "▁true")."""
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in self.task.choices]
+        if len(set(ids)) != len(ids) or self.tokenizer.unk_token_id in ids:
+            raise ValueError(f"{self.task.name}: choices {self.task.choices} do not map to distinct known tokens")
+        return ids
+
     def split(self, name: str) -> list[Example]:
         return self.examples[name]
 
@@ -43,8 +50,7 @@ class TaskData:
     def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
         """Decode one batch as the task says: greedy, beam search, or a choice between fixed answers."""
         if self.task.decode == "choice":
-            choice_ids = [self.tokenizer.convert_tokens_to_ids(c) for c in self.task.choices]
-            best = model.choice_logits(batch, choice_ids).argmax(-1)
+            best = model.choice_logits(batch, self.choice_ids()).argmax(-1)
             return [self.task.choices[i] for i in best.tolist()]
         if self.task.decode == "beam":
             out = model.generate(batch, num_beams=optim.caption_beams, max_new_tokens=optim.caption_max_len + 2)

@@ -7,8 +7,11 @@ Caption metrics call pycocoevalcap's Cider (CIDEr-D) and Bleu on PTB-tokenized t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import sys
 from collections import defaultdict
 
 # ---- VQA (vqaEval.py) ------------------------------------------------------------------------
@@ -150,11 +153,26 @@ def simple_tokenize(text: str) -> list[str]:
     return [t for t in _TOKEN.findall(text) if t not in PTB_PUNCTUATIONS and t not in _BRACKETS and t != '"']
 
 
+@contextlib.contextmanager
+def _silenced_stderr():
+    """The PTB tokenizer's Java process reports its speed on the inherited stderr at every call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tokenize(texts: dict[str, list[str]], tokenizer: str) -> dict[str, list[str]]:
     if tokenizer == "ptb":
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in texts.items()})
+        with _silenced_stderr():
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in texts.items()})
     return {k: [" ".join(simple_tokenize(c)) for c in v] for k, v in texts.items()}
 
 

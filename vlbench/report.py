@@ -64,7 +64,8 @@ def table1(store: Store, sweep: str | None = None, profile: str | None = None) -
         key = (method, sharing)
         row["_order"] = (order.index(key) if key in order else len(order), hidden_dim or 0)
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    # object dtype keeps hidden dims as ints and missing scores as None (not NaN floats)
+    return pd.DataFrame(rows, dtype=object).sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -104,9 +104,8 @@ def run_sweep(
 def build_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Resources:
     backbones = load_backbones(cfg.backbone, cache_dir, progress=progress)
     suite = build_suite(cfg.data, cfg.tasks)
-    data_key = RunConfig(data=cfg.data, tasks=cfg.tasks).key()
     features = image_features(
-        backbones, suite.image_ids(), suite.bank.render, cache_dir, dataset_key=data_key, progress=progress
+        backbones, suite.image_ids(), suite.bank.render, cache_dir, dataset_key=suite.fingerprint(), progress=progress
     )
     return Resources(backbones, suite, features)
 

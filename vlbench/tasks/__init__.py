@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from vlbench.config import DataConfig, UserError
@@ -26,6 +27,11 @@ __all__ = ["TASKS", "SPLITS", "Example", "Task", "Suite", "build_suite"]
 class Suite:
     bank: SyntheticImageBank  # shared by all tasks; every image id belongs to one task and split
     examples: dict[str, dict[str, list[Example]]]  # task -> split -> examples
+
+    def fingerprint(self) -> str:
+        """A hash of every image's scene: a feature cache keyed by it can never serve stale images."""
+        scenes = "\n".join(f"{i}={self.bank.scene(i)!r}" for i in self.image_ids())
+        return hashlib.sha256(scenes.encode()).hexdigest()[:16]
 
     def image_ids(self) -> list[str]:
         examples = [e for splits in self.examples.values() for split in splits.values() for e in split]

@@ -14,8 +14,6 @@ from vlbench.metrics import accuracy
 from vlbench.tasks.base import Example, Task
 from vlbench.tasks.scenes import (
     COLORS,
-    MAX_OBJECTS,
-    NUMBER_WORDS,
     SHAPES,
     Scene,
     SyntheticImageBank,
@@ -27,7 +25,9 @@ PAIR_TRIES = 200
 
 def random_statement(rng: random.Random):
     """(statement text, truth function of the (left, right) scenes)."""
-    family = rng.choice(["compare", "both_color", "total", "side_has", "neither"])
+    # families a small model can learn from a few thousand pairs; an exact total over both images
+    # and colour-shape binding on one side stayed at chance for the tiny backbones
+    family = rng.choice(["compare", "both_color", "side_has", "neither"])
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     if family == "compare":
         if rng.random() < 0.5:
@@ -44,17 +44,11 @@ def random_statement(rng: random.Random):
             f"both images contain a {color} object",
             lambda a, b: a.count(color=color) > 0 and b.count(color=color) > 0,
         )
-    if family == "total":
-        total = rng.randint(2, 2 * MAX_OBJECTS)
-        return (
-            f"there are exactly {NUMBER_WORDS[total]} objects in total",
-            lambda a, b: len(a.objects) + len(b.objects) == total,
-        )
     if family == "side_has":
         side = rng.choice(["left", "right"])
         return (
-            f"the {side} image contains a {color} {shape}",
-            lambda a, b: (a if side == "left" else b).count(shape, color) > 0,
+            f"the {side} image contains a {shape}",
+            lambda a, b: (a if side == "left" else b).count(shape) > 0,
         )
     return f"neither image contains a {shape}", lambda a, b: a.count(shape) == 0 and b.count(shape) == 0
 
