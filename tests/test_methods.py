@@ -107,3 +107,12 @@ def test_validation_names_the_flag():
     with pytest.raises(UserError, match="--methods"):
         get_method("nope")
     assert set(METHODS) >= {"full", "adapter"}
+
+
+def test_ablations_train_projection_and_layernorms_only():
+    proj = trainable_names(build("proj-only"))
+    assert proj and all(n.startswith("visual_embedding.") for n in proj)
+    proj_ln = trainable_names(build("proj-ln"))
+    extra = proj_ln - proj
+    assert extra and all("layer_norm" in n or "layernorm" in n for n in extra)
+    assert len(extra) == 2 * (2 * 2 + 3 * 2 + 2)  # weight + bias of every LN of the tiny BART (2+2 layers)

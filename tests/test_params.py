@@ -53,3 +53,11 @@ def test_single_adapter_breakdown():
     assert counts.components["lm"]["trainable"] == 32 * 2 * 768  # the 32 LayerNorms of BART-base
     assert counts.components["vis_tokens"]["trainable"] == 0
     assert counts.components["visual_embedding"]["trainable"] == VISUAL_EMBEDDING
+
+
+def test_ablation_counts():
+    proj = count_parameters(paper_model("proj-only", None, None))
+    assert proj.trainable == VISUAL_EMBEDDING
+    proj_ln = count_parameters(paper_model("proj-ln", None, None))
+    assert proj_ln.trainable == VISUAL_EMBEDDING + 49_152  # the 32 LayerNorms of BART-base
+    assert proj.total == proj_ln.total == BART_BASE + VIS_ROWS + VISUAL_EMBEDDING

@@ -231,10 +231,13 @@ def architecture(spec: BackboneSpec) -> tuple[BartForConditionalGeneration, int]
     """The LM (random init, vis rows added) and the vision feature size of `spec`, from configs alone.
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
-    tokenizer = tiny_tokenizer(spec) if spec.pretrain else None
-    vocab_size = len(tokenizer) - spec.n_vis_tokens if tokenizer is not None else None
-    clip = build_clip(spec, tokenizer)
-    return build_lm_from_config(spec, vocab_size), clip.visual.layer4[-1].conv3.out_channels
+    vocab_size = len(tiny_tokenizer(spec)) - spec.n_vis_tokens if spec.pretrain else None
+    if "name" in spec.clip:
+        vision_cfg = open_clip.get_model_config(spec.clip["name"])["vision_cfg"]
+    else:
+        vision_cfg = spec.clip["vision_cfg"]
+    # ModifiedResNet: layer4 has 8 * width bottleneck channels, expanded 4x
+    return build_lm_from_config(spec, vocab_size), vision_cfg["width"] * 32
 
 
 def _bart(spec: BackboneSpec, vocab_size: int | None) -> BartForConditionalGeneration:

@@ -103,6 +103,48 @@ def sweep_image_text(
 
 
 @app.command()
+def params(
+    suite: str = typer.Argument("image-text", help="image-text"),
+    profile: str = typer.Option("paper", help="paper (CLIP RN101 + BART-base) or tiny"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated methods [default: the paper's Table 1 rows]"),
+    sharing: Optional[str] = typer.Option(None, help="comma-separated sharing modes"),
+    hidden_dims: Optional[str] = typer.Option(None, help="comma-separated hidden dims"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or json"),
+):
+    """Updated-params % of each job, from the architectures alone (no weights, no data, no network)."""
+    import json
+
+    from vlbench.grid import GridRequest, expand
+    from vlbench.params import params_rows, table1_params
+    from vlbench.report import markdown
+
+    try:
+        if fmt not in ("markdown", "json"):
+            raise UserError(f"--format: unknown format '{fmt}' (choose from markdown, json)")
+        if methods is None and sharing is None and hidden_dims is None:
+            if suite != "image-text":
+                raise UserError(f"suite: unknown suite '{suite}' (choose from image-text)")
+            rows = table1_params(profile)
+        else:
+            request = GridRequest(
+                suite=suite,
+                profile=profile,
+                methods=csv_list(methods or "full,adapter", "--methods"),
+                sharing=csv_list(sharing, "--sharing"),
+                hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),
+            )
+            rows = params_rows(expand(request))
+    except UserError as e:
+        fail(str(e))
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        import pandas as pd
+
+        print(markdown(pd.DataFrame(rows, dtype=object)), end="")
+
+
+@app.command()
 def status(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),

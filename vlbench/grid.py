@@ -52,7 +52,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
         method = get_method(name)
         # a method without sharing modes or hidden dim collapses those axes to one job
         sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
-        dims = (req.hidden_dims or (profile.default_hidden_dim,)) if method.uses_hidden_dim else (None,)
+        dims = (req.hidden_dims or (profile.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
         for sharing in sharings:
             for hidden_dim in dims:
                 method.validate(sharing, hidden_dim, profile.d_model)

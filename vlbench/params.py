@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from vlbench.config import RunConfig
 from vlbench.model import VLModel
 
 CONVENTION = "vl-adapter: LM + added vis-token rows + visual embedding + method params; vision encoder excluded"
@@ -51,3 +54,39 @@ def count_parameters(model: VLModel) -> ParamCount:
     trainable = sum(c["trainable"] for c in components.values())
     total = sum(c["total"] for c in components.values())
     return ParamCount(trainable=trainable, total=total, components=components)
+
+
+def count_for_config(cfg: RunConfig) -> ParamCount:
+    """The count of a job from the architectures alone (meta tensors: no weights, no data, no network)."""
+    from vlbench.backbones import BACKBONES, architecture
+    from vlbench.methods import build_vl_model
+
+    spec = BACKBONES[cfg.backbone]
+    with torch.device("meta"):
+        lm, feat_dim = architecture(spec)
+        return count_parameters(build_vl_model(cfg, lm, feat_dim, spec.n_vis_tokens))
+
+
+def params_rows(configs: list[RunConfig], labels: list[str] | None = None) -> list[dict]:
+    """One row per job: label, trainable, total, percent (and sharing/hidden dim without labels)."""
+    rows = []
+    for i, cfg in enumerate(configs):
+        counts = count_for_config(cfg)
+        row = {"method": labels[i] if labels else cfg.method}
+        if not labels:
+            row.update(sharing=cfg.sharing, hidden_dim=cfg.hidden_dim)
+        row.update(trainable=counts.trainable, total=counts.total, percent=round(counts.percent, 4))
+        rows.append(row)
+    return rows
+
+
+def table1_params(profile: str) -> list[dict]:
+    """The paper's Table 1 rows (its method, sharing and hidden dim per row) counted under `profile`."""
+    from vlbench.grid import GridRequest, expand
+    from vlbench.paper import TABLE1
+
+    configs = []
+    for row in TABLE1:
+        request = GridRequest(profile=profile, methods=(row.method,), sharing=(row.sharing,) if row.sharing else None)
+        configs.append(expand(request)[0])
+    return params_rows(configs, [row.label for row in TABLE1])

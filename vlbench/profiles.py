@@ -15,15 +15,15 @@ class Profile:
     pool_size: int
     data: DataConfig
     optim: OptimConfig
-    d_model: int  # the LM width, for defaults that scale with it (hidden dim = d_model / 8)
+    d_model: int  # the LM width
     lr: dict  # (method, sharing) or (method, None) -> learning rate; "default" for the rest
+    hidden_dims: dict  # method -> default hidden dim (bottleneck, LoRA rank, prompt length); "default" for the rest
 
     def learning_rate(self, method: str, sharing: str | None) -> float:
         return self.lr.get((method, sharing), self.lr.get((method, None), self.lr["default"]))
 
-    @property
-    def default_hidden_dim(self) -> int:
-        return self.d_model // 8
+    def default_hidden_dim(self, method: str) -> int:
+        return self.hidden_dims.get(method, self.hidden_dims["default"])
 
 
 PROFILES = {
@@ -35,6 +35,7 @@ PROFILES = {
         optim=OptimConfig(epochs=8, batch_size=32),
         d_model=64,
         lr={("full", None): 5e-4, ("adapter", "multiple"): 2e-3, ("adapter", "half"): 2e-3, "default": 3e-3},
+        hidden_dims={"default": 8},  # d_model / 8, as the paper's 96 for BART-base
     ),
     # REFERENCE.md section 4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
     "paper": Profile(
@@ -45,6 +46,8 @@ PROFILES = {
         optim=OptimConfig(epochs=20, batch_size=500),
         d_model=768,
         lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},
+        # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (REFERENCE.md section 2)
+        hidden_dims={"lora": 128, "prompt": 40, "default": 96},
     ),
 }
 

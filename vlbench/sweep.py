@@ -25,14 +25,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors.torch import save_file
 
-from vlbench.backbones import BACKBONES, Backbones, architecture, load_backbones
+from vlbench.backbones import Backbones, load_backbones
 from vlbench.config import OptimConfig, RunConfig
 from vlbench.data import TaskData
 from vlbench.engine import train
 from vlbench.features import image_features
-from vlbench.methods import get_method
+from vlbench.methods import build_vl_model
 from vlbench.model import VLModel
-from vlbench.params import count_parameters
+from vlbench.params import count_for_config, count_parameters
 from vlbench.store import Store
 from vlbench.tasks import TASKS, build_suite
 
@@ -113,23 +113,14 @@ def build_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Reso
 def build_model(cfg: RunConfig, backbones: Backbones) -> VLModel:
     """A fresh VL model from the (cached) backbones with the run's method applied."""
     seed_everything(cfg.seed)
-    return with_method(cfg, copy.deepcopy(backbones.lm), backbones.feat_dim, backbones.spec.n_vis_tokens)
-
-
-def with_method(cfg: RunConfig, lm, feat_dim: int, n_vis_tokens: int) -> VLModel:
-    model = VLModel(lm, feat_dim, n_vis_tokens, cfg.pool_size)
-    get_method(cfg.method)(cfg).apply(model, cfg.tasks)
-    return model
+    return build_vl_model(cfg, copy.deepcopy(backbones.lm), backbones.feat_dim, backbones.spec.n_vis_tokens)
 
 
 def plan_table(configs: list[RunConfig]) -> Table:
     """The resolved jobs with their updated-params %, from the architectures alone (no weights, no data)."""
     table = Table("run", "lr", "epochs", "trainable", "total", "params %", title=f"{len(configs)} job(s)")
     for cfg in configs:
-        spec = BACKBONES[cfg.backbone]
-        with torch.device("meta"):
-            lm, feat_dim = architecture(spec)
-            counts = count_parameters(with_method(cfg, lm, feat_dim, spec.n_vis_tokens))
+        counts = count_for_config(cfg)
         table.add_row(
             cfg.label(), f"{cfg.optim.lr:g}", str(cfg.optim.epochs), f"{counts.trainable:,}", f"{counts.total:,}",
             f"{counts.percent:.2f}",
