@@ -10,7 +10,9 @@ import torch  # noqa: E402
 
 import vlbench  # noqa: E402,F401  (installs the torchvision import fix before transformers loads)
 from vlbench.backbones import BACKBONES, build_lm_from_config  # noqa: E402
+from vlbench.config import RunConfig  # noqa: E402
 from vlbench.model import VLModel  # noqa: E402
+from vlbench.params import skeleton_model  # noqa: E402
 
 TASKS = ("vqa", "gqa", "nlvr", "caption")
 
@@ -54,6 +56,15 @@ def random_batch(batch_size: int = 3, n_images: int = 1, text_len: int = 5, targ
         "labels": labels,
         "weights": torch.ones(batch_size),
     }
+
+
+def paper_model(method: str, sharing: str | None = None, hidden_dim: int | None = None, **options) -> VLModel:
+    """CLIP-BART-base of the paper profile with `method` applied, on meta tensors (shapes only)."""
+    cfg = RunConfig(
+        profile="paper", backbone="paper", pool_size=6, tasks=TASKS, method=method, sharing=sharing,
+        hidden_dim=hidden_dim, method_options=tuple(sorted(options.items())),
+    )
+    return skeleton_model(cfg)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from conftest import tiny_vl_model
 from vlbench.config import OptimConfig

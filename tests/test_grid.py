@@ -47,3 +47,25 @@ def test_overrides_reach_the_config():
 def test_bad_requests_name_the_flag(request_kwargs, flag):
     with pytest.raises(UserError, match=flag):
         expand(GridRequest(**request_kwargs))
+
+
+def test_options_reach_the_methods_that_have_them():
+    configs = expand(GridRequest(methods=("full", "lora", "compacter"), options=(("lora_alpha", 16),)))
+    by_method = {c.method: c for c in configs}
+    assert by_method["lora"].options == {"lora_alpha": 16}
+    assert by_method["compacter"].options == {} and by_method["full"].options == {}
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        (dict(methods=("lora",), options=(("phm_k", 4),)), "--option"),
+        (dict(methods=("compacter",), hidden_dims=(9,)), "--hidden-dims: 9 is not divisible"),
+        (dict(methods=("compacter",), options=(("phm_k", 0),)), "--option phm_k"),
+        (dict(methods=("adapter",), sharing=("half",), options=(("half_shared", "left"),)), "--option half_shared"),
+        (dict(methods=("lora",), sharing=("half",)), "--sharing: 'half' is not available for lora"),
+    ],
+)
+def test_bad_method_combinations_are_rejected_up_front(request_kwargs, message):
+    with pytest.raises(UserError, match=message):
+        expand(GridRequest(**request_kwargs))

@@ -1,26 +1,14 @@
 """Parameter accounting against the paper's Table 1 (REFERENCE.md section 3)."""
 
 import pytest
-import torch
 
-from vlbench.backbones import BACKBONES, build_lm_from_config
-from vlbench.config import RunConfig
-from vlbench.methods import get_method
-from vlbench.model import VLModel
+from conftest import paper_model
 from vlbench.params import count_parameters
 
 TASKS = ("vqa", "gqa", "nlvr", "caption")
 BART_BASE = 139_420_416
 VIS_ROWS = 200 * 768
 VISUAL_EMBEDDING = 1_582_848
-
-
-def paper_model(method: str, sharing: str | None, hidden_dim: int | None) -> VLModel:
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        lm = build_lm_from_config(BACKBONES["paper"])
-        model = VLModel(lm, 2048, 200, pool_size=6)
-    get_method(method)(RunConfig(method=method, sharing=sharing, hidden_dim=hidden_dim)).apply(model, TASKS)
-    return model
 
 
 def test_paper_denominator_parts():
@@ -61,3 +49,40 @@ def test_ablation_counts():
     proj_ln = count_parameters(paper_model("proj-ln", None, None))
     assert proj_ln.trainable == VISUAL_EMBEDDING + 49_152  # the 32 LayerNorms of BART-base
     assert proj.total == proj_ln.total == BART_BASE + VIS_ROWS + VISUAL_EMBEDDING
+
+
+def test_params_command_reproduces_table1_column():
+    """`vlbench params image-text --profile paper --format json`: every row within 0.01 of the paper."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlbench.cli import app
+    from vlbench.paper import TABLE1
+
+    result = CliRunner().invoke(app, ["params", "image-text", "--profile", "paper", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["method"] for r in rows] == [p.label for p in TABLE1]
+    for row, paper in zip(rows, TABLE1):
+        assert set(row) == {"method", "trainable", "total", "percent"}
+        assert row["percent"] == pytest.approx(paper.params_percent, abs=0.01), row["method"]
+        assert row["percent"] == pytest.approx(100 * row["trainable"] / row["total"], abs=1e-4)
+
+
+def test_params_command_for_chosen_jobs():
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlbench.cli import app
+
+    args = ["params", "image-text", "--methods", "adapter,lora", "--sharing", "single", "--hidden-dims", "48,96"]
+    result = CliRunner().invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["method"], r["sharing"], r["hidden_dim"]) for r in rows] == [
+        ("adapter", "single", 48), ("adapter", "single", 96), ("lora", "single", 48), ("lora", "single", 96)
+    ]
+    assert rows[1]["percent"] == pytest.approx(4.18, abs=0.01)
+    assert rows[0]["percent"] < rows[1]["percent"]

@@ -41,6 +41,22 @@ def csv_list(value: str | None, flag: str, cast=str) -> tuple | None:
     return items
 
 
+def parse_options(values: list[str] | None) -> tuple:
+    """`--option key=value` pairs; values are read as JSON when they parse (4, 0.1, true), else as text."""
+    import json
+
+    options = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option: expected key=value, got '{item}'")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return tuple(sorted(options.items()))
+
+
 def open_store(db: str | None):
     from vlbench.store import Store
 
@@ -50,7 +66,10 @@ def open_store(db: str | None):
 @sweep_app.command("image-text")
 def sweep_image_text(
     profile: str = typer.Option("tiny", help="tiny (offline, CPU) or paper"),
-    methods: str = typer.Option("full,adapter", help="comma-separated: full, adapter"),
+    lm: str = typer.Option("bart", help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5)"),
+    methods: str = typer.Option(
+        "full,adapter", help="comma-separated: full, adapter, hyperformer, compacter, lora, prompt, proj-only, proj-ln"
+    ),
     sharing: Optional[str] = typer.Option(None, help="comma-separated: multiple, half, single [default: per method]"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated bottleneck sizes [default: d_model/8]"),
     seeds: str = typer.Option("0", help="comma-separated seeds"),
@@ -60,6 +79,7 @@ def sweep_image_text(
     n_train: Optional[int] = typer.Option(None, help="synthetic examples per task for training"),
     n_val: Optional[int] = typer.Option(None, help="synthetic examples per task for validation"),
     n_test: Optional[int] = typer.Option(None, help="synthetic examples per task for test"),
+    option: Optional[list[str]] = typer.Option(None, help="method knob key=value, repeatable (e.g. lora_alpha=16)"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: image-text-<profile>]"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
@@ -72,6 +92,7 @@ def sweep_image_text(
         request = GridRequest(
             suite="image-text",
             profile=profile,
+            lm=lm,
             methods=csv_list(methods, "--methods"),
             sharing=csv_list(sharing, "--sharing"),
             hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),
@@ -82,6 +103,7 @@ def sweep_image_text(
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
+            options=parse_options(option),
         )
         configs = expand(request)
         if dry_run:
@@ -105,7 +127,8 @@ def sweep_image_text(
 @app.command()
 def params(
     suite: str = typer.Argument("image-text", help="image-text"),
-    profile: str = typer.Option("paper", help="paper (CLIP RN101 + BART-base) or tiny"),
+    profile: str = typer.Option("paper", help="paper (CLIP RN101 + BART-base / T5-base) or tiny"),
+    lm: str = typer.Option("bart", help="language model: bart or t5"),
     methods: Optional[str] = typer.Option(None, help="comma-separated methods [default: the paper's Table 1 rows]"),
     sharing: Optional[str] = typer.Option(None, help="comma-separated sharing modes"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated hidden dims"),
@@ -124,11 +147,12 @@ def params(
         if methods is None and sharing is None and hidden_dims is None:
             if suite != "image-text":
                 raise UserError(f"suite: unknown suite '{suite}' (choose from image-text)")
-            rows = table1_params(profile)
+            rows = table1_params(profile, lm)
         else:
             request = GridRequest(
                 suite=suite,
                 profile=profile,
+                lm=lm,
                 methods=csv_list(methods or "full,adapter", "--methods"),
                 sharing=csv_list(sharing, "--sharing"),
                 hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),

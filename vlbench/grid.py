@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from vlbench.config import IMAGE_TEXT_TASKS, RunConfig, UserError
 from vlbench.methods import get_method
@@ -18,6 +19,7 @@ class GridRequest:
 
     suite: str = "image-text"
     profile: str = "tiny"
+    lm: str = "bart"  # the language model: "bart" | "t5" (the profile maps it to a backbone)
     methods: tuple[str, ...] = ("full", "adapter")
     sharing: tuple[str, ...] | None = None
     hidden_dims: tuple[int, ...] | None = None
@@ -28,12 +30,14 @@ class GridRequest:
     n_train: int | None = None
     n_val: int | None = None
     n_test: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # method knobs (--option key=value), applied to every method that has them
 
 
 def expand(req: GridRequest) -> list[RunConfig]:
     if req.suite not in SUITES:
         raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
     profile = get_profile(req.profile)
+    backbone = profile.backbone(req.lm)
     positive("--epochs", req.epochs)
     positive("--lr", req.lr)
     positive("--batch-size", req.batch_size)
@@ -46,28 +50,34 @@ def expand(req: GridRequest) -> list[RunConfig]:
         if hidden_dim <= 0:
             raise UserError(f"--hidden-dims: must be positive, got {hidden_dim}")
 
+    for key, _ in req.options:
+        if not any(key in get_method(m).option_defaults for m in req.methods):
+            raise UserError(f"--option: no requested method has an option '{key}'")
     data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
     configs: dict[str, RunConfig] = {}
     for name in req.methods:
         method = get_method(name)
+        # each method gets the options it knows; an option no requested method knows is an error
+        options = {k: v for k, v in req.options if k in method.option_defaults}
         # a method without sharing modes or hidden dim collapses those axes to one job
         sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
         dims = (req.hidden_dims or (profile.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
         for sharing in sharings:
             for hidden_dim in dims:
-                method.validate(sharing, hidden_dim, profile.d_model)
+                method.validate(sharing, hidden_dim, profile.d_model, options)
                 lr = req.lr or profile.learning_rate(name, sharing)
                 optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
                 for seed in req.seeds:
                     cfg = RunConfig(
                         suite=req.suite,
                         profile=profile.name,
-                        backbone=profile.backbone,
+                        backbone=backbone,
                         pool_size=profile.pool_size,
                         tasks=SUITES[req.suite],
                         method=name,
                         sharing=sharing,
                         hidden_dim=hidden_dim,
+                        method_options=tuple(sorted(options.items())),
                         seed=seed,
                         data=data,
                         optim=optim,

@@ -56,15 +56,20 @@ def count_parameters(model: VLModel) -> ParamCount:
     return ParamCount(trainable=trainable, total=total, components=components)
 
 
-def count_for_config(cfg: RunConfig) -> ParamCount:
-    """The count of a job from the architectures alone (meta tensors: no weights, no data, no network)."""
+def skeleton_model(cfg: RunConfig) -> VLModel:
+    """The job's VL model on meta tensors: every shape, no weights, no data, no network."""
     from vlbench.backbones import BACKBONES, architecture
     from vlbench.methods import build_vl_model
 
     spec = BACKBONES[cfg.backbone]
     with torch.device("meta"):
         lm, feat_dim = architecture(spec)
-        return count_parameters(build_vl_model(cfg, lm, feat_dim, spec.n_vis_tokens))
+        return build_vl_model(cfg, lm, feat_dim, spec.n_vis_tokens)
+
+
+def count_for_config(cfg: RunConfig) -> ParamCount:
+    """The count of a job from the architectures alone."""
+    return count_parameters(skeleton_model(cfg))
 
 
 def params_rows(configs: list[RunConfig], labels: list[str] | None = None) -> list[dict]:
@@ -80,13 +85,14 @@ def params_rows(configs: list[RunConfig], labels: list[str] | None = None) -> li
     return rows
 
 
-def table1_params(profile: str) -> list[dict]:
-    """The paper's Table 1 rows (its method, sharing and hidden dim per row) counted under `profile`."""
+def table1_params(profile: str, lm: str = "bart") -> list[dict]:
+    """The paper's Table 1 rows (its method, sharing and hidden dim per row) counted under `profile`
+    with the language model `lm`."""
     from vlbench.grid import GridRequest, expand
     from vlbench.paper import TABLE1
 
     configs = []
     for row in TABLE1:
-        request = GridRequest(profile=profile, methods=(row.method,), sharing=(row.sharing,) if row.sharing else None)
+        request = GridRequest(profile=profile, lm=lm, methods=(row.method,), sharing=(row.sharing,) if row.sharing else None)
         configs.append(expand(request)[0])
     return params_rows(configs, [row.label for row in TABLE1])

@@ -4,12 +4,20 @@ from vlbench.config import RunConfig, UserError
 from vlbench.methods.ablation import ProjectionAndLayerNorm, ProjectionOnly
 from vlbench.methods.adapter import Adapter
 from vlbench.methods.base import Method
+from vlbench.methods.compacter import Compacter
 from vlbench.methods.full import FullFineTuning
+from vlbench.methods.hyperformer import Hyperformer
+from vlbench.methods.lora import LoRA
+from vlbench.methods.prompt import PromptTuning
 from vlbench.model import VLModel
 
 METHODS: dict[str, type[Method]] = {
     "full": FullFineTuning,
     "adapter": Adapter,
+    "hyperformer": Hyperformer,
+    "compacter": Compacter,
+    "lora": LoRA,
+    "prompt": PromptTuning,
     "proj-only": ProjectionOnly,
     "proj-ln": ProjectionAndLayerNorm,
 }

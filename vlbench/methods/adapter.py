@@ -34,6 +34,14 @@ class AdapterFamily(Method):
 
     uses_hidden_dim = True
     hidden_dim_meaning = "bottleneck size"
+    option_defaults = {"half_shared": "up"}  # which projection `half` sharing shares across tasks
+
+    @classmethod
+    def validate(cls, sharing, hidden_dim, d_model, options=None) -> None:
+        super().validate(sharing, hidden_dim, d_model, options)
+        shared_side = (options or {}).get("half_shared", "up")
+        if shared_side not in ("up", "down"):
+            raise UserError(f"--option half_shared: expected 'up' or 'down', got '{shared_side}'")
 
     def projection(self, d_in: int, d_out: int) -> nn.Module:
         raise NotImplementedError
@@ -44,9 +52,7 @@ class AdapterFamily(Method):
         if self.config.sharing == "multiple":
             return per_task, per_task
         if self.config.sharing == "half":
-            shared_side = self.config.options.get("half_shared", "up")
-            if shared_side not in ("up", "down"):
-                raise UserError(f"--half-shared: expected 'up' or 'down', got '{shared_side}'")
+            shared_side = self.option("half_shared")
             return (shared, per_task) if shared_side == "down" else (per_task, shared)
         return shared, shared
 

@@ -10,7 +10,7 @@ one for all tasks, `half` shares the up-projection and keeps the down-projection
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -24,19 +24,27 @@ class Method:
     default_sharing: ClassVar[str | None] = None
     uses_hidden_dim: ClassVar[bool] = False
     hidden_dim_meaning: ClassVar[str] = ""  # "bottleneck size", "rank", "prompt length"
+    option_defaults: ClassVar[dict[str, Any]] = {}  # the method's knobs (sweep flag --option key=value)
 
     def __init__(self, config: RunConfig):
         self.config = config
 
     @classmethod
-    def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int) -> None:
+    def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int, options: dict | None = None) -> None:
         """Raise UserError (naming the flag) for a combination that makes no sense."""
+        for key in options or {}:
+            if key not in cls.option_defaults:
+                known = ", ".join(cls.option_defaults) or "none"
+                raise UserError(f"--option: {cls.name} has no option '{key}' (its options: {known})")
         if cls.sharing_modes and sharing not in cls.sharing_modes:
             raise UserError(
                 f"--sharing: '{sharing}' is not available for {cls.name} (choose from {', '.join(cls.sharing_modes)})"
             )
         if cls.uses_hidden_dim and (hidden_dim is None or hidden_dim <= 0):
             raise UserError(f"--hidden-dims: {cls.name} needs a positive {cls.hidden_dim_meaning}, got {hidden_dim}")
+
+    def option(self, key: str) -> Any:
+        return self.config.options.get(key, self.option_defaults[key])
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         raise NotImplementedError

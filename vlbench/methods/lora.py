@@ -1,0 +1,76 @@
+"""LoRA on q_proj and v_proj of every LM attention module, REFERENCE.md section 2.
+
+Each projection's output gets `+ scaling * B(A(dropout(x)))` through a forward hook, with
+scaling = alpha / r, A Kaiming-uniform and B zero as in PEFT (so training starts from the
+pretrained model). Options (RunConfig.method_options): lora_alpha (default 32), lora_dropout
+(default 0.1). Sharing: `multiple` (one A/B pair per task), `single`.
+Trainable: LoRA A/B, every LM parameter whose name contains "bias" (LayerNorm biases included,
+their weights not), theta V->L.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from vlbench.methods.base import Method, freeze_all_but_visual_embedding
+from vlbench.model import VLModel
+
+PROJECTIONS = ("q_proj", "v_proj")
+
+
+class LoRAPair(nn.Module):
+    def __init__(self, d_in: int, d_out: int, rank: int):
+        super().__init__()
+        self.lora_A = nn.Linear(d_in, rank, bias=False)
+        self.lora_B = nn.Linear(rank, d_out, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x):
+        return self.lora_B(self.lora_A(x))
+
+
+class LoRASite(nn.Module):
+    """The low-rank update of one projection; `keys` maps each task to the pair it uses."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float, keys: dict[str, str]):
+        super().__init__()
+        self.pairs = nn.ModuleDict(
+            {k: LoRAPair(linear.in_features, linear.out_features, rank) for k in sorted(set(keys.values()))}
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / rank
+        self.keys = keys
+
+    def forward(self, x, task: str):
+        return self.scaling * self.pairs[self.keys[task]](self.dropout(x))
+
+
+class LoRA(Method):
+    name = "lora"
+    sharing_modes = ("multiple", "single")
+    default_sharing = "single"
+    uses_hidden_dim = True
+    hidden_dim_meaning = "rank"
+    option_defaults = {"lora_alpha": 32, "lora_dropout": 0.1}
+
+    def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
+        freeze_all_but_visual_embedding(model)
+        for name, p in model.lm.named_parameters():
+            if "bias" in name:
+                p.requires_grad_(True)
+        alpha = self.option("lora_alpha")
+        dropout = self.option("lora_dropout")
+        keys = {t: t for t in tasks} if self.config.sharing == "multiple" else {t: "shared" for t in tasks}
+        sites = nn.ModuleDict()
+        for attn_name, attn in model.attention_modules():
+            for proj in PROJECTIONS:
+                linear = getattr(attn, proj)
+                site = LoRASite(linear, self.config.hidden_dim, alpha, dropout, keys)
+                sites[f"{attn_name}.{proj}".replace(".", "_")] = site
+                linear.register_forward_hook(
+                    lambda _m, inputs, output, s=site: output + s(inputs[0], model.router.require())
+                )
+        model.method_modules["lora"] = sites
