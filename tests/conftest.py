@@ -67,6 +67,25 @@ def paper_model(method: str, sharing: str | None = None, hidden_dim: int | None 
     return skeleton_model(cfg)
 
 
+def distinct_losses_per_task(model: VLModel) -> int:
+    """How many different losses the tasks' routes give on one batch (1 when every task shares modules)."""
+    model.eval()
+    batch = random_batch()
+    losses = set()
+    for task in TASKS:
+        model.router.task = task
+        losses.add(round(model.loss(batch).item(), 5))
+    return len(losses)
+
+
+def assert_gradients_reach_only(model: VLModel, modules: str, task: str) -> None:
+    """After a backward pass on `task`, only that task's modules under method_modules[modules] have gradients."""
+    model.router.task = task
+    model.loss(random_batch()).backward()
+    for n, p in model.method_modules[modules].named_parameters():
+        assert (p.grad is not None) == (f".{task}." in n), n
+
+
 @pytest.fixture
 def vl_model():
     return tiny_vl_model()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import conftest
-from conftest import TASKS, random_batch, tiny_vl_model
+from conftest import TASKS, assert_gradients_reach_only, distinct_losses_per_task, random_batch, tiny_vl_model
 from vlbench.config import RunConfig, UserError
 from vlbench.methods.compacter import Compacter, PHMLinear
 from vlbench.model import VLModel
@@ -104,21 +104,12 @@ def test_training_step_touches_only_intended_parameters():
 
 
 def test_multiple_routes_gradients_to_the_current_task_only():
-    model = tiny("multiple")
-    model.router.task = "gqa"
-    model.loss(random_batch()).backward()
-    for n, p in model.method_modules["adapters"].named_parameters():
-        assert (p.grad is not None) == (".gqa." in n), n
+    assert_gradients_reach_only(tiny("multiple"), "adapters", "gqa")
 
 
 @pytest.mark.parametrize("sharing, expect_distinct", [("multiple", True), ("single", False)])
 def test_routing_by_sharing(sharing, expect_distinct):
-    model = tiny(sharing).eval()
+    model = tiny(sharing)
     for p in model.method_modules.parameters():  # make every module clearly non-zero
         torch.nn.init.normal_(p, std=0.5)
-    batch = random_batch()
-    losses = set()
-    for task in TASKS:
-        model.router.task = task
-        losses.add(round(model.loss(batch).item(), 5))
-    assert len(losses) == (len(TASKS) if expect_distinct else 1)
+    assert distinct_losses_per_task(model) == (len(TASKS) if expect_distinct else 1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import TASKS, random_batch, tiny_vl_model
+from conftest import TASKS, distinct_losses_per_task, random_batch, tiny_vl_model
 from vlbench.config import RunConfig, UserError
 from vlbench.methods import METHODS, get_method
 from vlbench.methods.adapter import Adapter
@@ -63,25 +63,13 @@ def test_adapter_with_zero_up_projection_is_identity():
     assert torch.allclose(model.loss(batch), base.loss(batch), atol=1e-6)
 
 
-def outputs_per_task(model):
-    model.eval()
-    batch = random_batch()
-    out = {}
-    for task in TASKS:
-        model.router.task = task
-        out[task] = model.loss(batch)
-    return out
-
-
 @pytest.mark.parametrize("sharing, expect_distinct", [("multiple", True), ("single", False), ("half", True)])
 def test_routing_by_sharing(sharing, expect_distinct):
     model = build("adapter", sharing, 8)
     for adapter in model.method_modules["adapters"].values():  # make every module clearly non-zero
         for p in adapter.parameters():
             torch.nn.init.normal_(p, std=0.5)
-    out = outputs_per_task(model)
-    distinct = len({round(v.item(), 5) for v in out.values()})
-    assert distinct == (len(TASKS) if expect_distinct else 1)
+    assert distinct_losses_per_task(model) == (len(TASKS) if expect_distinct else 1)
 
 
 def test_half_sharing_shares_up_projection_only():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TASKS, paper_model, random_batch, tiny_vl_model
+from conftest import TASKS, distinct_losses_per_task, paper_model, random_batch, tiny_vl_model
 from vlbench.config import RunConfig, UserError
 from vlbench.methods.prompt import PromptTuning
 from vlbench.params import count_parameters
@@ -56,12 +56,7 @@ def test_routing_by_sharing(sharing, expect_distinct):
     model = apply_prompt(tiny_vl_model(), sharing, 5, prompt_mid_dim=16).eval()
     prompts = model.method_modules["prompts"]
     assert set(prompts) == (set(TASKS) if sharing == "multiple" else {"shared"})
-    batch = random_batch()
-    losses = set()
-    for task in TASKS:
-        model.router.task = task
-        losses.add(round(model.loss(batch).item(), 5))
-    assert len(losses) == (len(TASKS) if expect_distinct else 1)
+    assert distinct_losses_per_task(model) == (len(TASKS) if expect_distinct else 1)
 
 
 def test_multiple_prompts_need_a_current_task():
