@@ -69,3 +69,24 @@ def test_options_reach_the_methods_that_have_them():
 def test_bad_method_combinations_are_rejected_up_front(request_kwargs, message):
     with pytest.raises(UserError, match=message):
         expand(GridRequest(**request_kwargs))
+
+
+def test_table1_preset_has_every_paper_row():
+    configs = expand(GridRequest(preset="table1"))
+    rows = {(c.method, c.sharing) for c in configs}
+    assert rows == {
+        ("full", None), ("adapter", "multiple"), ("adapter", "half"), ("adapter", "single"), ("hyperformer", None),
+        ("compacter", "multiple"), ("compacter", "single"), ("lora", "multiple"), ("lora", "single"),
+        ("prompt", "multiple"), ("prompt", "single"),
+    }
+    assert len(configs) == 11
+    paper = {(c.method, c.sharing): c.hidden_dim for c in expand(GridRequest(profile="paper", preset="table1"))}
+    assert paper[("lora", "single")] == 128 and paper[("prompt", "multiple")] == 40 and paper[("adapter", "half")] == 96
+
+
+def test_preset_rejects_methods_and_unknown_names():
+    assert {c.method for c in expand(GridRequest(preset="table5"))} == {"proj-only", "proj-ln", "adapter"}
+    with pytest.raises(UserError, match="--preset"):
+        expand(GridRequest(preset="table9"))
+    with pytest.raises(UserError, match="--preset"):
+        expand(GridRequest(preset="table1", methods=("lora",)))

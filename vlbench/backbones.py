@@ -1,10 +1,12 @@
-"""Backbones: the frozen CLIP vision tower, the BART language model and their shared tokenizer.
+"""Backbones: the frozen CLIP vision tower, the language model (BART or T5) and their shared tokenizer.
 
-Two profiles:
-- `paper`: CLIP RN101 + BART-base, as in VL-Adapter. No pretrained weights exist offline, so for
-  now only the architectures can be built (random init), which is what parameter accounting needs.
-- `tiny`: a tiny CLIP ModifiedResNet and a tiny BART, pretrained here on the synthetic scene suite
-  (CLIP contrastively on image-caption pairs, BART by denoising) once, then cached on disk.
+Two profiles, each with a BART and a T5 spec:
+- `paper`, `paper-t5`: CLIP RN101 + BART-base / T5-base, as in VL-Adapter. No pretrained weights
+  exist offline, so for now only the architectures can be built (random init), which is what
+  parameter accounting needs.
+- `tiny`, `tiny-t5`: a tiny CLIP ModifiedResNet and a tiny BART / T5, pretrained here on the
+  synthetic scene suite (CLIP contrastively on image-caption pairs, the LM by denoising) once, then
+  cached on disk. Both use the same word-level tokenizer, so T5 targets also read `<s> ... </s>`.
 
 The vision tower returns the ResNet grid before attention pooling (paper: 7x7x2048), which the
 VL model projects into the language model as visual tokens.
@@ -35,7 +37,14 @@ import open_clip
 from open_clip.loss import ClipLoss
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from vlbench.config import UserError
 
@@ -59,13 +68,30 @@ BART_BASE = dict(
     max_position_embeddings=1024,
     dropout=0.1,
 )
+# google-t5/t5-base architecture (222,903,552 parameters; tied embeddings, relu FFN, no biases)
+T5_BASE = dict(
+    vocab_size=32128,
+    d_model=768,
+    d_ff=3072,
+    d_kv=64,
+    num_layers=12,
+    num_decoder_layers=12,
+    num_heads=12,
+    dropout_rate=0.1,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+# the config and model class of each language model family
+LM_CLASSES = {"bart": (BartConfig, BartForConditionalGeneration), "t5": (T5Config, T5ForConditionalGeneration)}
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    name: str  # "tiny" | "paper"
+    name: str  # a key of BACKBONES
     clip: dict  # open_clip model config (tiny, text vocab/pad/eos filled from the tokenizer) or {"name": ...}
-    lm: dict  # BartConfig kwargs; "hub" names the pretrained weights the architecture stands for
+    lm_type: str  # "bart" | "t5" (LM_CLASSES)
+    lm: dict  # config kwargs of lm_type; "hub" names the pretrained weights the architecture stands for
     n_vis_tokens: int  # <vis_extra_id_k> tokens added to the vocab
     pretrain: dict = field(default_factory=dict)  # tiny only: corpus sizes, steps, batch sizes, lr, seed
 
@@ -74,16 +100,32 @@ class BackboneSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+TINY_CLIP = {
+    "embed_dim": 64,
+    # width 8 -> layer4 has 8*32 = 256 channels (width 16 costs 2x the pretraining time);
+    # 128 px / 32 -> a 4x4 grid
+    "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 32, "width": 64, "heads": 4, "layers": 2},
+}
+TINY_PRETRAIN = dict(
+    seed=0,
+    text_examples=2000,  # per task, for text_corpus (~12 sentences each)
+    clip_images=8000,  # ~1.4 passes: more distinct scenes generalise better than more epochs
+    clip_eval_images=256,  # held out from the contrastive training, for retrieval accuracy
+    clip_steps=350,
+    clip_batch=128,  # large batches hold same-colour negatives, so shape must be learned
+    clip_lr=3e-3,
+    lm_steps=600,
+    lm_batch=64,
+    lm_lr=2e-3,
+    mask_ratio=0.3,  # fraction of tokens hidden by text infilling
+)
+
 BACKBONES: dict[str, BackboneSpec] = {
     "tiny": BackboneSpec(
         name="tiny",
-        clip={
-            "embed_dim": 64,
-            # width 8 -> layer4 has 8*32 = 256 channels (width 16 costs 2x the pretraining time);
-            # 128 px / 32 -> a 4x4 grid
-            "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
-            "text_cfg": {"context_length": 32, "width": 64, "heads": 4, "layers": 2},
-        },
+        clip=TINY_CLIP,
+        lm_type="bart",
         lm=dict(
             d_model=64,
             encoder_layers=2,
@@ -96,24 +138,43 @@ BACKBONES: dict[str, BackboneSpec] = {
             dropout=0.1,
         ),
         n_vis_tokens=16,
-        pretrain=dict(
-            seed=0,
-            text_examples=2000,  # per task, for text_corpus (~12 sentences each)
-            clip_images=8000,  # ~1.4 passes: more distinct scenes generalise better than more epochs
-            clip_eval_images=256,  # held out from the contrastive training, for retrieval accuracy
-            clip_steps=350,
-            clip_batch=128,  # large batches hold same-colour negatives, so shape must be learned
-            clip_lr=3e-3,
-            lm_steps=600,
-            lm_batch=64,
-            lm_lr=2e-3,
-            mask_ratio=0.3,  # fraction of tokens hidden by text infilling
+        pretrain=TINY_PRETRAIN,
+    ),
+    "tiny-t5": BackboneSpec(
+        name="tiny-t5",
+        clip=TINY_CLIP,
+        lm_type="t5",
+        lm=dict(
+            d_model=64,
+            d_ff=256,
+            d_kv=16,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=16,
+            relative_attention_max_distance=64,
+            dropout_rate=0.1,
+            # the shared tokenizer's ids (SPECIAL_TOKENS); the decoder starts from <pad> as T5's does
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
         ),
+        n_vis_tokens=16,
+        pretrain=TINY_PRETRAIN,
     ),
     "paper": BackboneSpec(
         name="paper",
         clip={"name": "RN101"},
+        lm_type="bart",
         lm={"hub": "facebook/bart-base", **BART_BASE},
+        n_vis_tokens=200,
+    ),
+    "paper-t5": BackboneSpec(
+        name="paper-t5",
+        clip={"name": "RN101"},
+        lm_type="t5",
+        lm={"hub": "google-t5/t5-base", **T5_BASE},
         n_vis_tokens=200,
     ),
 }
@@ -137,7 +198,7 @@ class GridEncoder(nn.Module):
 class Backbones:
     spec: BackboneSpec
     tokenizer: PreTrainedTokenizerFast
-    lm: BartForConditionalGeneration
+    lm: PreTrainedModel  # BartForConditionalGeneration | T5ForConditionalGeneration
     vision: nn.Module  # frozen GridEncoder in eval mode
     feat_dim: int
     grid_size: int
@@ -209,11 +270,11 @@ def build_clip(spec: BackboneSpec, tokenizer: PreTrainedTokenizerFast | None = N
     return open_clip.CLIP(embed_dim=spec.clip["embed_dim"], vision_cfg=spec.clip["vision_cfg"], text_cfg=text_cfg)
 
 
-def build_lm_from_config(spec: BackboneSpec, vocab_size: int | None = None) -> BartForConditionalGeneration:
-    """BART of `spec` (random init) with `n_vis_tokens` embedding rows appended. Needs nothing on disk.
+def build_lm_from_config(spec: BackboneSpec, vocab_size: int | None = None) -> PreTrainedModel:
+    """The LM of `spec` (random init) with `n_vis_tokens` embedding rows appended. Needs nothing on disk.
 
     `vocab_size` is the text vocabulary before the visual tokens (tiny: the trained tokenizer's)."""
-    lm = _bart(spec, vocab_size)
+    lm = _lm(spec, vocab_size)
     add_vis_rows(lm, spec.n_vis_tokens)
     return lm
 
@@ -227,7 +288,7 @@ def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> Pr
     return build_tokenizer(sentences, spec.n_vis_tokens)
 
 
-def architecture(spec: BackboneSpec) -> tuple[BartForConditionalGeneration, int]:
+def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:
     """The LM (random init, vis rows added) and the vision feature size of `spec`, from configs alone.
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
@@ -240,14 +301,15 @@ def architecture(spec: BackboneSpec) -> tuple[BartForConditionalGeneration, int]
     return build_lm_from_config(spec, vocab_size), vision_cfg["width"] * 32
 
 
-def _bart(spec: BackboneSpec, vocab_size: int | None) -> BartForConditionalGeneration:
+def _lm(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:
     kwargs = {k: v for k, v in spec.lm.items() if k != "hub"}
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
-    return BartForConditionalGeneration(BartConfig(**kwargs))
+    config_class, model_class = LM_CLASSES[spec.lm_type]
+    return model_class(config_class(**kwargs))
 
 
-def add_vis_rows(lm: BartForConditionalGeneration, n_vis_tokens: int) -> None:
+def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
     # new rows ~ N(0, init_std), as the reference's transformers did; mean-resizing would make the
     # (frozen) visual token identities all nearly the same vector
     lm.resize_token_embeddings(lm.config.vocab_size + n_vis_tokens, mean_resizing=False)
@@ -276,7 +338,7 @@ def _load_cached(spec: BackboneSpec, folder: Path) -> Backbones:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     clip = build_clip(spec, tokenizer)
     clip.load_state_dict(load_file(folder / "clip.safetensors"))
-    lm = BartForConditionalGeneration.from_pretrained(folder / "lm")
+    lm = LM_CLASSES[spec.lm_type][1].from_pretrained(folder / "lm")
     vision = GridEncoder(clip.visual).eval().requires_grad_(False)
     image_size = clip.visual.image_size
     return Backbones(
@@ -317,9 +379,9 @@ def _pretrain_into(spec: BackboneSpec, folder: Path, progress) -> None:
             t_clip = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            lm = _bart(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
+            lm = _lm(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
             lm_stats = _pretrain_lm(lm, tokenizer, sentences, p, prog)
-            add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to pretrained BART
+            add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to the pretrained LM
             t_lm = time.perf_counter() - t0
 
         tmp.mkdir()
@@ -460,8 +522,9 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 
 
 def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
-    max_len = lm.config.max_position_embeddings
-    ids = tokenizer(sentences, truncation=True, max_length=max_len).input_ids
+    # BART has learned positions up to a maximum length; T5's relative positions have none
+    max_len = getattr(lm.config, "max_position_embeddings", None)
+    ids = tokenizer(sentences, truncation=max_len is not None, max_length=max_len).input_ids
     pad, mask = tokenizer.pad_token_id, tokenizer.mask_token_id
     rng = np.random.default_rng(p["seed"])
     gen = torch.Generator().manual_seed(p["seed"])
@@ -469,7 +532,8 @@ def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
     opt = _optimizer(lm, p["lm_lr"], weight_decay=0.01)
     steps = p["lm_steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps))
-    task = progress.add_task("pretrain tiny BART", total=steps)
+    name = f"tiny {lm.config.model_type.upper()}"
+    task = progress.add_task(f"pretrain {name}", total=steps)
     losses = []
     lm.train()
     for idx in _batches(len(ids), p["lm_batch"], steps, gen):
@@ -483,8 +547,8 @@ def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
         opt.step()
         sched.step()
         losses.append(loss.item())
-        progress.update(task, advance=1, description=f"pretrain tiny BART  loss {loss.item():.3f}")
+        progress.update(task, advance=1, description=f"pretrain {name}  loss {loss.item():.3f}")
     lm.eval()
     stats = {"final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0]}
-    log.info("tiny BART denoising: loss %.3f -> %.3f", stats["first_loss"], stats["final_loss"])
+    log.info("%s denoising: loss %.3f -> %.3f", name, stats["first_loss"], stats["final_loss"])
     return stats

@@ -67,8 +67,13 @@ def open_store(db: str | None):
 def sweep_image_text(
     profile: str = typer.Option("tiny", help="tiny (offline, CPU) or paper"),
     lm: str = typer.Option("bart", help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5)"),
-    methods: str = typer.Option(
-        "full,adapter", help="comma-separated: full, adapter, hyperformer, compacter, lora, prompt, proj-only, proj-ln"
+    methods: Optional[str] = typer.Option(
+        None,
+        help="comma-separated: full, adapter, hyperformer, compacter, lora, prompt, proj-only, proj-ln "
+        "[default: full,adapter]",
+    ),
+    preset: Optional[str] = typer.Option(
+        None, help="a named grid instead of --methods/--sharing: table1 (every Table 1 row), table5 (ablations)"
     ),
     sharing: Optional[str] = typer.Option(None, help="comma-separated: multiple, half, single [default: per method]"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated bottleneck sizes [default: d_model/8]"),
@@ -104,6 +109,7 @@ def sweep_image_text(
             n_val=n_val,
             n_test=n_test,
             options=parse_options(option),
+            preset=preset,
         )
         configs = expand(request)
         if dry_run:
@@ -153,7 +159,7 @@ def params(
                 suite=suite,
                 profile=profile,
                 lm=lm,
-                methods=csv_list(methods or "full,adapter", "--methods"),
+                methods=csv_list(methods, "--methods"),
                 sharing=csv_list(sharing, "--sharing"),
                 hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),
             )
@@ -181,19 +187,18 @@ def status(
     if not runs:
         console.print("no runs yet; start one with `vlbench sweep image-text`")
         return
-    table = Table("sweep", "run", "key", "status", "params %", "train s", "finished", "error")
-    for r in runs:
-        table.add_row(
-            r.sweep,
-            r.label,
-            r.key,
-            r.status,
-            f"{r.percent:.2f}" if r.percent is not None else "-",
-            f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-",
-            r.finished_at.strftime("%Y-%m-%d %H:%M") if r.finished_at else "-",
-            (r.error or "")[:60],
-        )
-    console.print(table)
+    for sweep in dict.fromkeys(r.sweep for r in runs):
+        table = Table("run", "status", "params %", "train s", "finished", "error", title=f"sweep {sweep}")
+        for r in (r for r in runs if r.sweep == sweep):
+            table.add_row(
+                r.label,
+                r.status,
+                f"{r.percent:.2f}" if r.percent is not None else "-",
+                f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-",
+                r.finished_at.strftime("%m-%d %H:%M") if r.finished_at else "-",
+                r.error or "",
+            )
+        console.print(table)
 
 
 @app.command()

@@ -8,9 +8,16 @@ from typing import Any
 
 from vlbench.config import IMAGE_TEXT_TASKS, RunConfig, UserError
 from vlbench.methods import get_method
+from vlbench.paper import TABLE1
 from vlbench.profiles import get_profile
 
 SUITES = {"image-text": IMAGE_TEXT_TASKS}
+DEFAULT_METHODS = ("full", "adapter")
+# named grids: (method, sharing) rows, hidden dims from --hidden-dims or the profile's defaults
+PRESETS = {
+    "table1": tuple((row.method, row.sharing) for row in TABLE1),
+    "table5": (("proj-only", None), ("proj-ln", None), ("adapter", "single")),
+}
 
 
 @dataclass(frozen=True)
@@ -20,7 +27,7 @@ class GridRequest:
     suite: str = "image-text"
     profile: str = "tiny"
     lm: str = "bart"  # the language model: "bart" | "t5" (the profile maps it to a backbone)
-    methods: tuple[str, ...] = ("full", "adapter")
+    methods: tuple[str, ...] | None = None  # None: full fine-tuning and Single Adapter
     sharing: tuple[str, ...] | None = None
     hidden_dims: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (0,)
@@ -30,10 +37,13 @@ class GridRequest:
     n_train: int | None = None
     n_val: int | None = None
     n_test: int | None = None
+    preset: str | None = None  # a named grid (PRESETS) instead of methods x sharing
     options: tuple[tuple[str, Any], ...] = ()  # method knobs (--option key=value), applied to every method that has them
 
 
 def expand(req: GridRequest) -> list[RunConfig]:
+    if req.preset is not None:
+        return expand_preset(req)
     if req.suite not in SUITES:
         raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
     profile = get_profile(req.profile)
@@ -44,18 +54,19 @@ def expand(req: GridRequest) -> list[RunConfig]:
     positive("--n-train", req.n_train)
     positive("--n-val", req.n_val)
     positive("--n-test", req.n_test)
-    if not req.methods:
+    methods = DEFAULT_METHODS if req.methods is None else req.methods
+    if not methods:
         raise UserError("--methods: give at least one method")
     for hidden_dim in req.hidden_dims or ():
         if hidden_dim <= 0:
             raise UserError(f"--hidden-dims: must be positive, got {hidden_dim}")
 
     for key, _ in req.options:
-        if not any(key in get_method(m).option_defaults for m in req.methods):
+        if not any(key in get_method(m).option_defaults for m in methods):
             raise UserError(f"--option: no requested method has an option '{key}'")
     data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
     configs: dict[str, RunConfig] = {}
-    for name in req.methods:
+    for name in methods:
         method = get_method(name)
         # each method gets the options it knows; an option no requested method knows is an error
         options = {k: v for k, v in req.options if k in method.option_defaults}
@@ -83,6 +94,18 @@ def expand(req: GridRequest) -> list[RunConfig]:
                         optim=optim,
                     )
                     configs.setdefault(cfg.key(), cfg)
+    return list(configs.values())
+
+
+def expand_preset(req: GridRequest) -> list[RunConfig]:
+    if req.preset not in PRESETS:
+        raise UserError(f"--preset: unknown preset '{req.preset}' (choose from {', '.join(PRESETS)})")
+    if req.methods is not None or req.sharing is not None:
+        raise UserError("--preset: a preset sets the methods and sharing itself; drop --methods/--sharing")
+    configs: dict[str, RunConfig] = {}
+    for method, sharing in PRESETS[req.preset]:
+        row = dataclasses.replace(req, preset=None, methods=(method,), sharing=(sharing,) if sharing else None)
+        configs.update((cfg.key(), cfg) for cfg in expand(row))
     return list(configs.values())
 
 

@@ -1,9 +1,13 @@
 """The VL model: precomputed CLIP grid features -> visual embedding -> appended to the text -> seq2seq LM.
 
-Structure follows VL-T5/VL-Adapter (REFERENCE.md section 1). The model knows nothing about which
-parameter-efficient method is inside it; methods attach through three seams:
+Structure follows VL-T5/VL-Adapter (REFERENCE.md section 1). The LM is BART or T5; what differs
+between them (text embedding, encoder stack, sublayers, LayerNorm type) lives in a small layout
+class, `BartLayout` or `T5Layout`, chosen by `lm.config.model_type`.
+
+The model knows nothing about which parameter-efficient method is inside it; methods attach
+through three seams:
   * `method_modules`: where a method registers every module it adds (so accounting can find them),
-  * forward hooks on the sublayers listed by `sublayer_sites()` / `attention_projections()`,
+  * forward hooks on the sublayers listed by `sublayer_sites()` / `query_value_projections()`,
   * `encoder_prefix`: an optional callable returning embeddings prepended to the encoder input.
 Per-task modules read `router.task`, which the engine sets before each task-homogeneous batch.
 """
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 
 class TaskRouter:
@@ -36,10 +41,10 @@ class VisualEmbedding(nn.Module):
     """theta V->L: grid features and (all-zero) boxes projected to the LM width, plus image order
     and object-order identity taken from the rows of the added `<vis_extra_id_k>` tokens."""
 
-    def __init__(self, feat_dim: int, d_model: int, word_embeddings: nn.Embedding):
+    def __init__(self, feat_dim: int, d_model: int, word_embeddings: nn.Embedding, norm=nn.LayerNorm):
         super().__init__()
-        self.feat_embedding = nn.Sequential(nn.Linear(feat_dim, d_model), nn.LayerNorm(d_model))
-        self.box_embedding = nn.Sequential(nn.Linear(5, d_model), nn.LayerNorm(d_model))
+        self.feat_embedding = nn.Sequential(nn.Linear(feat_dim, d_model), norm(d_model))
+        self.box_embedding = nn.Sequential(nn.Linear(5, d_model), norm(d_model))
         self.img_order_embedding = nn.Embedding(2, d_model)
         self._word_embeddings = [word_embeddings]  # a list so it is not registered twice
 
@@ -69,38 +74,98 @@ class Site:
     dim: int
 
 
+@dataclass
+class BartLayout:
+    """BART (post-LN): text = LN_emb(tokens + learned positions); adapters wrap attention and fc2."""
+
+    lm: nn.Module
+    norm = nn.LayerNorm
+    query_value = ("q_proj", "v_proj")
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        encoder = self.lm.model.encoder
+        return encoder.layernorm_embedding(encoder.embed_tokens(input_ids) + encoder.embed_positions(input_ids))
+
+    def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        encoder = self.lm.model.encoder
+        hidden = F.dropout(hidden, p=encoder.dropout, training=self.lm.training)
+        mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in encoder.layers:
+            hidden = layer(hidden, mask4d)
+        return hidden
+
+    def sublayers(self):
+        """(stack, layer, kind, module) in the order encoder then decoder, as `Site` lists them."""
+        for i, layer in enumerate(self.lm.model.encoder.layers):
+            yield "encoder", i, "self_attn", layer.self_attn
+            yield "encoder", i, "ffn", layer.fc2
+        for i, layer in enumerate(self.lm.model.decoder.layers):
+            yield "decoder", i, "self_attn", layer.self_attn
+            yield "decoder", i, "cross_attn", layer.encoder_attn
+            yield "decoder", i, "ffn", layer.fc2
+
+
+@dataclass
+class T5Layout:
+    """T5 (pre-LN, relative position bias, no biases): text = shared(tokens); the encoder stack applies
+    dropout, the blocks (the first computes the position bias), final_layer_norm and dropout.
+    Adapters wrap the attention modules and DenseReluDense, before dropout and residual."""
+
+    lm: nn.Module
+    norm = T5LayerNorm
+    query_value = ("q", "v")
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.shared(input_ids)
+
+    def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+
+    def sublayers(self):
+        for i, block in enumerate(self.lm.encoder.block):
+            yield "encoder", i, "self_attn", block.layer[0].SelfAttention
+            yield "encoder", i, "ffn", block.layer[1].DenseReluDense
+        for i, block in enumerate(self.lm.decoder.block):
+            yield "decoder", i, "self_attn", block.layer[0].SelfAttention
+            yield "decoder", i, "cross_attn", block.layer[1].EncDecAttention
+            yield "decoder", i, "ffn", block.layer[2].DenseReluDense
+
+
+LAYOUTS = {"bart": BartLayout, "t5": T5Layout}
+
+
 class VLModel(nn.Module):
     def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int):
         super().__init__()
         self.lm = lm
+        self.layout = LAYOUTS[lm.config.model_type](lm)
         self.n_vis_tokens = n_vis_tokens
         self.pool_size = pool_size
         d_model = lm.config.d_model
-        self.visual_embedding = VisualEmbedding(feat_dim, d_model, lm.get_input_embeddings())
+        self.visual_embedding = VisualEmbedding(feat_dim, d_model, lm.get_input_embeddings(), self.layout.norm)
         self.method_modules = nn.ModuleDict()
         self.router = TaskRouter()
         self.encoder_prefix: Callable[[int], torch.Tensor] | None = None
 
     # ---- structure exposed to methods -------------------------------------------------
     def sublayer_sites(self) -> list[Site]:
-        """Adapter sites of BART: 2 per encoder layer, 3 per decoder layer."""
+        """Adapter sites: 2 per encoder layer (self-attention, FFN), 3 per decoder layer (+ cross-attention)."""
         d = self.lm.config.d_model
-        sites = []
-        for i, layer in enumerate(self.lm.model.encoder.layers):
-            sites.append(Site(f"encoder.{i}.self_attn", "encoder", i, "self_attn", layer.self_attn, d))
-            sites.append(Site(f"encoder.{i}.ffn", "encoder", i, "ffn", layer.fc2, d))
-        for i, layer in enumerate(self.lm.model.decoder.layers):
-            sites.append(Site(f"decoder.{i}.self_attn", "decoder", i, "self_attn", layer.self_attn, d))
-            sites.append(Site(f"decoder.{i}.cross_attn", "decoder", i, "cross_attn", layer.encoder_attn, d))
-            sites.append(Site(f"decoder.{i}.ffn", "decoder", i, "ffn", layer.fc2, d))
-        return sites
+        return [
+            Site(f"{stack}.{i}.{kind}", stack, i, kind, module, d) for stack, i, kind, module in self.layout.sublayers()
+        ]
 
     def attention_modules(self) -> list[tuple[str, nn.Module]]:
         """Every attention module of the LM (encoder self, decoder self, decoder cross)."""
         return [(s.name, s.module) for s in self.sublayer_sites() if s.kind != "ffn"]
 
-    def layer_norms(self) -> list[nn.LayerNorm]:
-        return [m for m in self.lm.modules() if isinstance(m, nn.LayerNorm)]
+    def query_value_projections(self) -> list[tuple[str, nn.Linear, nn.Linear]]:
+        """(attention site name, query projection, value projection) of every attention module."""
+        q, v = self.layout.query_value
+        return [(name, getattr(attn, q), getattr(attn, v)) for name, attn in self.attention_modules()]
+
+    def layer_norms(self) -> list[nn.Module]:
+        return [m for m in self.lm.modules() if isinstance(m, self.layout.norm)]
 
     # ---- forward ------------------------------------------------------------------------
     def visual_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,14 +181,12 @@ class VLModel(nn.Module):
         return tokens, img_order, obj_order
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feats: torch.Tensor):
-        """Encoder pass: [prefix; LN_emb(text + pos); visual] -> BART encoder layers.
+        """Encoder pass: [prefix; embedded text; visual] -> the LM's encoder stack.
 
-        Visual tokens are added after `layernorm_embedding` and get no position embedding,
-        as in VL-T5; a method's prefix (prompt tokens) goes in front of the text.
+        Visual tokens are added after the text embedding (BART: after `layernorm_embedding`) and get
+        no position embedding, as in VL-T5; a method's prefix (prompt tokens) goes in front of the text.
         """
-        encoder = self.lm.model.encoder
-        text = encoder.embed_tokens(input_ids)
-        text = encoder.layernorm_embedding(text + encoder.embed_positions(input_ids))
+        text = self.layout.embed_text(input_ids)
         vis_feats, img_order, obj_order = self.visual_tokens(feats)
         vis = self.visual_embedding(vis_feats, img_order, obj_order)
         parts = [text, vis]
@@ -132,11 +195,8 @@ class VLModel(nn.Module):
             prefix = self.encoder_prefix(input_ids.shape[0])
             parts.insert(0, prefix)
             masks.insert(0, attention_mask.new_ones(prefix.shape[:2]))
-        hidden = F.dropout(torch.cat(parts, 1), p=encoder.dropout, training=self.training)
         mask = torch.cat(masks, 1)
-        mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
-        for layer in encoder.layers:
-            hidden = layer(hidden, mask4d)
+        hidden = self.layout.encoder_stack(torch.cat(parts, 1), mask)
         return BaseModelOutput(last_hidden_state=hidden), mask
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -164,7 +224,10 @@ class VLModel(nn.Module):
 
     @torch.no_grad()
     def choice_logits(self, batch: dict[str, torch.Tensor], choice_ids: list[int]) -> torch.Tensor:
-        """One decoder step after `<s>`: the logits of each choice's first token (NLVR2 true/false)."""
+        """One decoder step after `<s>`: the logits of each choice's first token (NLVR2 true/false).
+
+        Targets read `<s> answer </s>`, so the decoder input is [decoder start, <s>] for both LMs
+        (BART starts from `</s>`, T5 from `<pad>`)."""
         enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
         cfg = self.lm.config
         n = batch["input_ids"].shape[0]

@@ -1,5 +1,5 @@
 """Profiles: the defaults a sweep starts from. `tiny` runs offline on a laptop CPU; `paper` is the
-paper's setting (CLIP RN101 + BART-base, real data, the paper's hyperparameters)."""
+paper's setting (CLIP RN101 + BART-base or T5-base, real data, the paper's hyperparameters)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from vlbench.config import DataConfig, OptimConfig, UserError
 @dataclass(frozen=True)
 class Profile:
     name: str
-    backbone: str
+    backbones: dict  # language model ("bart" | "t5", sweep flag --lm) -> key into vlbench.backbones.BACKBONES
     pool_size: int
     data: DataConfig
     optim: OptimConfig
     d_model: int  # the LM width
     lr: dict  # (method, sharing) or (method, None) -> learning rate; "default" for the rest
     hidden_dims: dict  # method -> default hidden dim (bottleneck, LoRA rank, prompt length); "default" for the rest
+
+    def backbone(self, lm: str) -> str:
+        if lm not in self.backbones:
+            raise UserError(f"--lm: unknown language model '{lm}' (choose from {', '.join(self.backbones)})")
+        return self.backbones[lm]
 
     def learning_rate(self, method: str, sharing: str | None) -> float:
         return self.lr.get((method, sharing), self.lr.get((method, None), self.lr["default"]))
@@ -29,7 +34,7 @@ class Profile:
 PROFILES = {
     "tiny": Profile(
         name="tiny",
-        backbone="tiny",
+        backbones={"bart": "tiny", "t5": "tiny-t5"},
         pool_size=4,
         data=DataConfig(source="synthetic"),
         optim=OptimConfig(epochs=8, batch_size=32),
@@ -40,7 +45,7 @@ PROFILES = {
     # REFERENCE.md section 4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
     "paper": Profile(
         name="paper",
-        backbone="paper",
+        backbones={"bart": "paper", "t5": "paper-t5"},
         pool_size=6,
         data=DataConfig(source="real", image_size=224),
         optim=OptimConfig(epochs=20, batch_size=500),

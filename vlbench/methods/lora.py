@@ -1,11 +1,13 @@
-"""LoRA on q_proj and v_proj of every LM attention module, REFERENCE.md section 2.
+"""LoRA on the query and value projections of every LM attention module, REFERENCE.md section 2
+(BART's q_proj/v_proj, T5's q/v).
 
 Each projection's output gets `+ scaling * B(A(dropout(x)))` through a forward hook, with
 scaling = alpha / r, A Kaiming-uniform and B zero as in PEFT (so training starts from the
 pretrained model). Options (RunConfig.method_options): lora_alpha (default 32), lora_dropout
 (default 0.1). Sharing: `multiple` (one A/B pair per task), `single`.
 Trainable: LoRA A/B, every LM parameter whose name contains "bias" (LayerNorm biases included,
-their weights not), theta V->L.
+their weights not; T5 has no biases, so only its relative_attention_bias tables, as in the
+reference's name match), theta V->L.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from vlbench.methods.base import Method, freeze_all_but_visual_embedding
 from vlbench.model import VLModel
 
-PROJECTIONS = ("q_proj", "v_proj")
+PROJECTIONS = ("q_proj", "v_proj")  # site-name suffixes for BART's q_proj/v_proj and T5's q/v
 
 
 class LoRAPair(nn.Module):
@@ -65,9 +67,8 @@ class LoRA(Method):
         dropout = self.option("lora_dropout")
         keys = {t: t for t in tasks} if self.config.sharing == "multiple" else {t: "shared" for t in tasks}
         sites = nn.ModuleDict()
-        for attn_name, attn in model.attention_modules():
-            for proj in PROJECTIONS:
-                linear = getattr(attn, proj)
+        for attn_name, query, value in model.query_value_projections():
+            for proj, linear in zip(PROJECTIONS, (query, value)):
                 site = LoRASite(linear, self.config.hidden_dim, alpha, dropout, keys)
                 sites[f"{attn_name}.{proj}".replace(".", "_")] = site
                 linear.register_forward_hook(
