@@ -86,3 +86,23 @@ def test_params_command_for_chosen_jobs():
     ]
     assert rows[1]["percent"] == pytest.approx(4.18, abs=0.01)
     assert rows[0]["percent"] < rows[1]["percent"]
+
+
+def test_params_command_reproduces_table4_column():
+    """The video model (BART-base on 512-d CLIP ViT-B/32 frame embeddings): Table 4's parameter column."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlbench.cli import app
+    from vlbench.paper import TABLE4
+
+    result = CliRunner().invoke(app, ["params", "video-text", "--profile", "paper", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["method"] for r in rows] == [p.label for p in TABLE4]
+    for row, paper in zip(rows, TABLE4):
+        assert row["percent"] == pytest.approx(paper.params_percent, abs=0.01), row["method"]
+    # theta V->L for 512-d features: Linear(512, d) + LN, Linear(5, d) + LN, Embedding(2, d)
+    visual_embedding = (512 * 768 + 768) + 2 * 768 + (5 * 768 + 768) + 2 * 768 + 2 * 768
+    assert rows[0]["total"] == BART_BASE + VIS_ROWS + visual_embedding

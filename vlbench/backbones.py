@@ -170,6 +170,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         lm={"hub": "facebook/bart-base", **BART_BASE},
         n_vis_tokens=200,
     ),
+    "paper-video": BackboneSpec(
+        name="paper-video",
+        clip={"name": "ViT-B-32", "features": "image_embedding"},  # one 512-d embedding per frame
+        lm_type="bart",
+        lm={"hub": "facebook/bart-base", **BART_BASE},
+        n_vis_tokens=200,
+    ),
     "paper-t5": BackboneSpec(
         name="paper-t5",
         clip={"name": "RN101"},
@@ -293,12 +300,15 @@ def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
     vocab_size = len(tiny_tokenizer(spec)) - spec.n_vis_tokens if spec.pretrain else None
+    lm = build_lm_from_config(spec, vocab_size)
+    if spec.clip.get("features") == "image_embedding":  # video frames: CLIP's pooled, projected embedding
+        return lm, open_clip.get_model_config(spec.clip["name"])["embed_dim"]
     if "name" in spec.clip:
         vision_cfg = open_clip.get_model_config(spec.clip["name"])["vision_cfg"]
     else:
         vision_cfg = spec.clip["vision_cfg"]
     # ModifiedResNet: layer4 has 8 * width bottleneck channels, expanded 4x
-    return build_lm_from_config(spec, vocab_size), vision_cfg["width"] * 32
+    return lm, vision_cfg["width"] * 32
 
 
 def _lm(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:

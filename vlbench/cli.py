@@ -132,7 +132,7 @@ def sweep_image_text(
 
 @app.command()
 def params(
-    suite: str = typer.Argument("image-text", help="image-text"),
+    suite: str = typer.Argument("image-text", help="image-text (Table 1 rows) or video-text (Table 4 rows)"),
     profile: str = typer.Option("paper", help="paper (CLIP RN101 + BART-base / T5-base) or tiny"),
     lm: str = typer.Option("bart", help="language model: bart or t5"),
     methods: Optional[str] = typer.Option(None, help="comma-separated methods [default: the paper's Table 1 rows]"),
@@ -144,16 +144,14 @@ def params(
     import json
 
     from vlbench.grid import GridRequest, expand
-    from vlbench.params import params_rows, table1_params
+    from vlbench.params import paper_table_params, params_rows
     from vlbench.report import markdown
 
     try:
         if fmt not in ("markdown", "json"):
             raise UserError(f"--format: unknown format '{fmt}' (choose from markdown, json)")
         if methods is None and sharing is None and hidden_dims is None:
-            if suite != "image-text":
-                raise UserError(f"suite: unknown suite '{suite}' (choose from image-text)")
-            rows = table1_params(profile, lm)
+            rows = paper_table_params(suite, profile, lm)
         else:
             request = GridRequest(
                 suite=suite,

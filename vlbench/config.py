@@ -18,6 +18,7 @@ class UserError(Exception):
 
 
 IMAGE_TEXT_TASKS = ("vqa", "gqa", "nlvr", "caption")
+VIDEO_TEXT_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from vlbench.config import IMAGE_TEXT_TASKS, RunConfig, UserError
+from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, RunConfig, UserError
 from vlbench.methods import get_method
 from vlbench.paper import TABLE1
 from vlbench.profiles import get_profile
 
-SUITES = {"image-text": IMAGE_TEXT_TASKS}
+SUITES = {"image-text": IMAGE_TEXT_TASKS, "video-text": VIDEO_TEXT_TASKS}
 DEFAULT_METHODS = ("full", "adapter")
 # named grids: (method, sharing) rows, hidden dims from --hidden-dims or the profile's defaults
 PRESETS = {
@@ -47,7 +47,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
     if req.suite not in SUITES:
         raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
     profile = get_profile(req.profile)
-    backbone = profile.backbone(req.lm)
+    backbone = profile.backbone(req.suite, req.lm)
     positive("--epochs", req.epochs)
     positive("--lr", req.lr)
     positive("--batch-size", req.batch_size)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlbench.config import RunConfig
+from vlbench.config import RunConfig, UserError
 from vlbench.model import VLModel
 
 CONVENTION = "vl-adapter: LM + added vis-token rows + visual embedding + method params; vision encoder excluded"
@@ -85,14 +85,17 @@ def params_rows(configs: list[RunConfig], labels: list[str] | None = None) -> li
     return rows
 
 
-def table1_params(profile: str, lm: str = "bart") -> list[dict]:
-    """The paper's Table 1 rows (its method, sharing and hidden dim per row) counted under `profile`
-    with the language model `lm`."""
+def paper_table_params(suite: str, profile: str, lm: str = "bart") -> list[dict]:
+    """The rows of the paper's parameter column for `suite` (Table 1 image-text, Table 4 video-text),
+    each row's method and sharing counted under `profile` with the language model `lm`."""
     from vlbench.grid import GridRequest, expand
-    from vlbench.paper import TABLE1
+    from vlbench.paper import TABLES_BY_SUITE
 
+    if suite not in TABLES_BY_SUITE:
+        raise UserError(f"suite: unknown suite '{suite}' (choose from {', '.join(TABLES_BY_SUITE)})")
+    table = TABLES_BY_SUITE[suite]
     configs = []
-    for row in TABLE1:
-        request = GridRequest(profile=profile, lm=lm, methods=(row.method,), sharing=(row.sharing,) if row.sharing else None)
-        configs.append(expand(request)[0])
-    return params_rows(configs, [row.label for row in TABLE1])
+    for row in table:
+        sharing = (row.sharing,) if row.sharing else None
+        configs.append(expand(GridRequest(suite=suite, profile=profile, lm=lm, methods=(row.method,), sharing=sharing))[0])
+    return params_rows(configs, [row.label for row in table])

@@ -11,7 +11,7 @@ from vlbench.config import DataConfig, OptimConfig, UserError
 @dataclass(frozen=True)
 class Profile:
     name: str
-    backbones: dict  # language model ("bart" | "t5", sweep flag --lm) -> key into vlbench.backbones.BACKBONES
+    backbones: dict  # suite -> language model ("bart" | "t5", flag --lm) -> key into vlbench.backbones.BACKBONES
     pool_size: int
     data: DataConfig
     optim: OptimConfig
@@ -19,10 +19,13 @@ class Profile:
     lr: dict  # (method, sharing) or (method, None) -> learning rate; "default" for the rest
     hidden_dims: dict  # method -> default hidden dim (bottleneck, LoRA rank, prompt length); "default" for the rest
 
-    def backbone(self, lm: str) -> str:
-        if lm not in self.backbones:
-            raise UserError(f"--lm: unknown language model '{lm}' (choose from {', '.join(self.backbones)})")
-        return self.backbones[lm]
+    def backbone(self, suite: str, lm: str) -> str:
+        if suite not in self.backbones:
+            raise UserError(f"suite: the {self.name} profile has no {suite} backbones yet")
+        if lm not in self.backbones[suite]:
+            choices = ", ".join(self.backbones[suite])
+            raise UserError(f"--lm: unknown language model '{lm}' for {suite} (choose from {choices})")
+        return self.backbones[suite][lm]
 
     def learning_rate(self, method: str, sharing: str | None) -> float:
         return self.lr.get((method, sharing), self.lr.get((method, None), self.lr["default"]))
@@ -34,7 +37,7 @@ class Profile:
 PROFILES = {
     "tiny": Profile(
         name="tiny",
-        backbones={"bart": "tiny", "t5": "tiny-t5"},
+        backbones={"image-text": {"bart": "tiny", "t5": "tiny-t5"}},
         pool_size=4,
         data=DataConfig(source="synthetic"),
         optim=OptimConfig(epochs=8, batch_size=32),
@@ -45,7 +48,8 @@ PROFILES = {
     # REFERENCE.md section 4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
     "paper": Profile(
         name="paper",
-        backbones={"bart": "paper", "t5": "paper-t5"},
+        # video-text: precomputed CLIP ViT-B/32 frame embeddings (512-d) instead of RN101 grids
+        backbones={"image-text": {"bart": "paper", "t5": "paper-t5"}, "video-text": {"bart": "paper-video"}},
         pool_size=6,
         data=DataConfig(source="real", image_size=224),
         optim=OptimConfig(epochs=20, batch_size=500),
