@@ -37,6 +37,7 @@ import open_clip
 from open_clip.loss import ClipLoss
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers.utils import logging as hf_logging
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -338,6 +339,7 @@ def load_backbones(name: str | BackboneSpec, cache_dir: Path, progress=None) -> 
             f"backbone {spec.name!r} needs pretrained weights ({spec.clip.get('name')} CLIP, {spec.lm.get('hub')}) "
             "and its tokenizer, which are not available offline; parameter counts use build_lm_from_config"
         )
+    hf_logging.disable_progress_bar()  # transformers' tqdm bars would break vlbench's rich progress display
     folder = Path(cache_dir) / "backbones" / f"{spec.name}-{spec.key()}"
     if not folder.exists():
         _pretrain_into(spec, folder, progress)
