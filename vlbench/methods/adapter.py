@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlbench.config import UserError
-from vlbench.methods.base import Method, freeze_all_but_visual_embedding, transform_output, unfreeze_layer_norms
+from vlbench.methods.base import (
+    Method,
+    freeze_all_but_visual_embedding,
+    near_identity_linear,
+    transform_output,
+    unfreeze_layer_norms,
+)
 from vlbench.model import VLModel
 
 
@@ -77,4 +83,4 @@ class Adapter(AdapterFamily):
     default_sharing = "single"
 
     def projection(self, d_in: int, d_out: int) -> nn.Module:
-        return nn.Linear(d_in, d_out)
+        return near_identity_linear(d_in, d_out)

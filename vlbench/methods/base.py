@@ -64,6 +64,15 @@ def unfreeze_layer_norms(model: VLModel) -> None:
             p.requires_grad_(True)
 
 
+def near_identity_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A Linear with small normal weights and zero bias (the reference adapters' and Hyperformer's init),
+    so a freshly added module barely changes the frozen LM it is attached to."""
+    linear = nn.Linear(d_in, d_out)
+    nn.init.normal_(linear.weight, std=1e-2)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
 def transform_output(module: nn.Module, fn) -> None:
     """Apply `fn` to a module's output tensor (the first element when the module returns a tuple)."""
 

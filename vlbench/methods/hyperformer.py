@@ -22,16 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlbench.methods.base import Method, freeze_all_but_visual_embedding, transform_output, unfreeze_layer_norms
+from vlbench.methods.base import (
+    Method,
+    freeze_all_but_visual_embedding,
+    near_identity_linear,
+    transform_output,
+    unfreeze_layer_norms,
+)
 from vlbench.model import VLModel
-
-
-def hyper_linear(d_in: int, d_out: int) -> nn.Linear:
-    # Hyperformer's init: small normal weights, zero bias, so generated adapters start near identity.
-    linear = nn.Linear(d_in, d_out)
-    nn.init.normal_(linear.weight, std=1e-2)
-    nn.init.zeros_(linear.bias)
-    return linear
 
 
 class AdapterGenerator(nn.Module):
@@ -40,10 +38,10 @@ class AdapterGenerator(nn.Module):
     def __init__(self, cond_dim: int, d_model: int, hidden: int):
         super().__init__()
         self.d_model, self.hidden = d_model, hidden
-        self.down_weight = hyper_linear(cond_dim, d_model * hidden)
-        self.down_bias = hyper_linear(cond_dim, hidden)
-        self.up_weight = hyper_linear(cond_dim, hidden * d_model)
-        self.up_bias = hyper_linear(cond_dim, d_model)
+        self.down_weight = near_identity_linear(cond_dim, d_model * hidden)
+        self.down_bias = near_identity_linear(cond_dim, hidden)
+        self.up_weight = near_identity_linear(cond_dim, hidden * d_model)
+        self.up_bias = near_identity_linear(cond_dim, d_model)
 
     def forward(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         # weights shaped (out, in) for F.linear
@@ -64,7 +62,10 @@ class StackHyperNet(nn.Module):
         super().__init__()
         self.layer_embeddings = nn.Embedding(n_layers, emb_dim)
         self.projector = nn.Sequential(
-            hyper_linear(2 * emb_dim, proj_dim), nn.ReLU(), hyper_linear(proj_dim, cond_dim), nn.LayerNorm(cond_dim)
+            near_identity_linear(2 * emb_dim, proj_dim),
+            nn.ReLU(),
+            near_identity_linear(proj_dim, cond_dim),
+            nn.LayerNorm(cond_dim),
         )
         self.generators = nn.ModuleDict({k: AdapterGenerator(cond_dim, d_model, hidden) for k in kinds})
 
