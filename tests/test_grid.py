@@ -16,7 +16,7 @@ def test_defaults_and_seeds():
     configs = expand(GridRequest(methods=("adapter",), seeds=(0, 1)))
     assert [(c.sharing, c.hidden_dim, c.seed) for c in configs] == [("single", 8, 0), ("single", 8, 1)]
     assert len({c.key() for c in configs}) == 2
-    assert configs[0].optim.lr == 3e-3  # tiny profile's single-adapter learning rate
+    assert configs[0].optim.lr == 1e-2  # tiny profile's single-adapter learning rate
 
 
 def test_paper_profile_uses_paper_hyperparameters():
