@@ -1,8 +1,13 @@
 """Parameter accounting against the paper's Table 1 (REFERENCE.md section 3)."""
 
+import json
+
 import pytest
+from typer.testing import CliRunner
 
 from conftest import paper_model
+from vlbench.cli import app
+from vlbench.paper import TABLE1, TABLE4
 from vlbench.params import count_parameters
 
 TASKS = ("vqa", "gqa", "nlvr", "caption")
@@ -51,36 +56,25 @@ def test_ablation_counts():
     assert proj.total == proj_ln.total == BART_BASE + VIS_ROWS + VISUAL_EMBEDDING
 
 
-def test_params_command_reproduces_table1_column():
-    """`vlbench params image-text --profile paper --format json`: every row within 0.01 of the paper."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from vlbench.cli import app
-    from vlbench.paper import TABLE1
-
-    result = CliRunner().invoke(app, ["params", "image-text", "--profile", "paper", "--format", "json"])
+def params_json(*args: str) -> list[dict]:
+    result = CliRunner().invoke(app, ["params", *args, "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert [r["method"] for r in rows] == [p.label for p in TABLE1]
-    for row, paper in zip(rows, TABLE1):
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("suite, table", [("image-text", TABLE1), ("video-text", TABLE4)])
+def test_params_command_reproduces_the_paper_column(suite, table):
+    """`vlbench params <suite> --profile paper`: every row of Table 1 (image) / Table 4 (video) within 0.01."""
+    rows = params_json(suite, "--profile", "paper")
+    assert [r["method"] for r in rows] == [p.label for p in table]
+    for row, paper in zip(rows, table):
         assert set(row) == {"method", "trainable", "total", "percent"}
         assert row["percent"] == pytest.approx(paper.params_percent, abs=0.01), row["method"]
         assert row["percent"] == pytest.approx(100 * row["trainable"] / row["total"], abs=1e-4)
 
 
 def test_params_command_for_chosen_jobs():
-    import json
-
-    from typer.testing import CliRunner
-
-    from vlbench.cli import app
-
-    args = ["params", "image-text", "--methods", "adapter,lora", "--sharing", "single", "--hidden-dims", "48,96"]
-    result = CliRunner().invoke(app, [*args, "--format", "json"])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
+    rows = params_json("image-text", "--methods", "adapter,lora", "--sharing", "single", "--hidden-dims", "48,96")
     assert [(r["method"], r["sharing"], r["hidden_dim"]) for r in rows] == [
         ("adapter", "single", 48), ("adapter", "single", 96), ("lora", "single", 48), ("lora", "single", 96)
     ]
@@ -88,21 +82,9 @@ def test_params_command_for_chosen_jobs():
     assert rows[0]["percent"] < rows[1]["percent"]
 
 
-def test_params_command_reproduces_table4_column():
-    """The video model (BART-base on 512-d CLIP ViT-B/32 frame embeddings): Table 4's parameter column."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from vlbench.cli import app
-    from vlbench.paper import TABLE4
-
-    result = CliRunner().invoke(app, ["params", "video-text", "--profile", "paper", "--format", "json"])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert [r["method"] for r in rows] == [p.label for p in TABLE4]
-    for row, paper in zip(rows, TABLE4):
-        assert row["percent"] == pytest.approx(paper.params_percent, abs=0.01), row["method"]
+def test_video_model_denominator():
+    """The video model is BART-base on 512-d CLIP ViT-B/32 frame embeddings."""
+    rows = params_json("video-text", "--profile", "paper")
     # theta V->L for 512-d features: Linear(512, d) + LN, Linear(5, d) + LN, Embedding(2, d)
     visual_embedding = (512 * 768 + 768) + 2 * 768 + (5 * 768 + 768) + 2 * 768 + 2 * 768
     assert rows[0]["total"] == BART_BASE + VIS_ROWS + visual_embedding
