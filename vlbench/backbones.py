@@ -337,7 +337,8 @@ def load_backbones(name: str | BackboneSpec, cache_dir: Path, progress=None) -> 
     if not spec.pretrain:
         raise UserError(
             f"backbone {spec.name!r} needs pretrained weights ({spec.clip.get('name')} CLIP, {spec.lm.get('hub')}) "
-            "and its tokenizer, which are not available offline; parameter counts use build_lm_from_config"
+            "and its tokenizer, which cannot be loaded yet (local weight folders come with the real-data work); "
+            "`vlbench params` and `--dry-run` work without them"
         )
     hf_logging.disable_progress_bar()  # transformers' tqdm bars would break vlbench's rich progress display
     folder = Path(cache_dir) / "backbones" / f"{spec.name}-{spec.key()}"
