@@ -296,11 +296,21 @@ def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> Pr
     return build_tokenizer(sentences, spec.n_vis_tokens)
 
 
+_TEXT_VOCAB_SIZES: dict[str, int] = {}  # spec key -> vocabulary size before the vis tokens
+
+
+def text_vocab_size(spec: BackboneSpec) -> int:
+    """The tiny tokenizer's vocabulary size, trained once per spec and process (accounting counts many jobs)."""
+    if spec.key() not in _TEXT_VOCAB_SIZES:
+        _TEXT_VOCAB_SIZES[spec.key()] = len(tiny_tokenizer(spec)) - spec.n_vis_tokens
+    return _TEXT_VOCAB_SIZES[spec.key()]
+
+
 def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:
     """The LM (random init, vis rows added) and the vision feature size of `spec`, from configs alone.
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
-    vocab_size = len(tiny_tokenizer(spec)) - spec.n_vis_tokens if spec.pretrain else None
+    vocab_size = text_vocab_size(spec) if spec.pretrain else None
     lm = build_lm_from_config(spec, vocab_size)
     if spec.clip.get("features") == "image_embedding":  # video frames: CLIP's pooled, projected embedding
         return lm, open_clip.get_model_config(spec.clip["name"])["embed_dim"]
