@@ -73,7 +73,8 @@ def sweep_image_text(
         "[default: full,adapter]",
     ),
     preset: Optional[str] = typer.Option(
-        None, help="a named grid instead of --methods/--sharing: table1 (every Table 1 row), table5 (ablations)"
+        None, help="a named grid instead of --methods/--sharing: table1 (every Table 1 row), table4 (Table 4's methods), "
+        "table5 (ablations)"
     ),
     sharing: Optional[str] = typer.Option(None, help="comma-separated: multiple, half, single [default: per method]"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated bottleneck sizes [default: d_model/8]"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, RunConfig, UserError
 from vlbench.methods import get_method
-from vlbench.paper import TABLE1
+from vlbench.paper import TABLE1, TABLE4
 from vlbench.profiles import get_profile
 
 SUITES = {"image-text": IMAGE_TEXT_TASKS, "video-text": VIDEO_TEXT_TASKS}
@@ -16,6 +16,7 @@ DEFAULT_METHODS = ("full", "adapter")
 # named grids: (method, sharing) rows, hidden dims from --hidden-dims or the profile's defaults
 PRESETS = {
     "table1": tuple((row.method, row.sharing) for row in TABLE1),
+    "table4": tuple((row.method, row.sharing) for row in TABLE4),
     "table5": (("proj-only", None), ("proj-ln", None), ("adapter", "single")),
 }
 

@@ -47,5 +47,5 @@ TABLE4 = (
     row("Single LoRA", "lora", "single", 128, 5.17, VIDEO, (75.5, 72.9, 44.6, 140.9), 83.4),
     row("Single Prompt", "prompt", "single", 40, 1.18, VIDEO, (32.1, 30.2, 29.5, 102.0), 48.4),
 )
-# which paper table lists the parameter column of each suite
-TABLES_BY_SUITE = {"image-text": TABLE1, "video-text": TABLE4}
+# which paper table (and sweep preset) lists the parameter column of each suite
+TABLES_BY_SUITE = {"image-text": ("table1", TABLE1), "video-text": ("table4", TABLE4)}

@@ -93,9 +93,6 @@ def paper_table_params(suite: str, profile: str, lm: str = "bart") -> list[dict]
 
     if suite not in TABLES_BY_SUITE:
         raise UserError(f"suite: unknown suite '{suite}' (choose from {', '.join(TABLES_BY_SUITE)})")
-    table = TABLES_BY_SUITE[suite]
-    configs = []
-    for row in table:
-        sharing = (row.sharing,) if row.sharing else None
-        configs.append(expand(GridRequest(suite=suite, profile=profile, lm=lm, methods=(row.method,), sharing=sharing))[0])
+    preset, table = TABLES_BY_SUITE[suite]
+    configs = expand(GridRequest(suite=suite, profile=profile, lm=lm, preset=preset))
     return params_rows(configs, [row.label for row in table])
