@@ -21,6 +21,7 @@ class TaskData:
     features: object  # vlbench.features.FeatureTable: image ids -> (n, T, F)
     examples: dict[str, list[Example]]  # split -> examples
     train_items: list[Example] = field(init=False)
+    choice_ids: list[int] = field(init=False)  # first target token of each fixed answer ("choice" decoding)
     _input_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -30,13 +31,10 @@ class TaskData:
         texts = [self.task.input_text(ex) for ex in all_examples]
         encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self._input_ids = {ex.uid: ids for ex, ids in zip(all_examples, encoded)}
-
-    def choice_ids(self) -> list[int]:
-        """The first target token of each choice, as training tokenises targets ("true" -> "▁true")."""
-        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in self.task.choices]
-        if len(set(ids)) != len(ids) or self.tokenizer.unk_token_id in ids:
+        # tokenised as training tokenises targets ("true" -> "▁true"), checked before any training
+        self.choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in self.task.choices]
+        if len(set(self.choice_ids)) != len(self.choice_ids) or self.tokenizer.unk_token_id in self.choice_ids:
             raise ValueError(f"{self.task.name}: choices {self.task.choices} do not map to distinct known tokens")
-        return ids
 
     def split(self, name: str) -> list[Example]:
         return self.examples[name]
@@ -50,7 +48,7 @@ class TaskData:
     def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
         """Decode one batch as the task says: greedy, beam search, or a choice between fixed answers."""
         if self.task.decode == "choice":
-            best = model.choice_logits(batch, self.choice_ids()).argmax(-1)
+            best = model.choice_logits(batch, self.choice_ids).argmax(-1)
             return [self.task.choices[i] for i in best.tolist()]
         if self.task.decode == "beam":
             out = model.generate(batch, num_beams=optim.caption_beams, max_new_tokens=optim.caption_max_len + 2)
