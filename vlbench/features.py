@@ -1,40 +1,246 @@
-"""Frozen CLIP grid features, computed once per image and cached for the whole sweep.
+"""Frozen CLIP grid features: computed once per image, stored on disk, read back by image id.
 
-CLIP is frozen in every method, so as in the paper its features are precomputed: one float16
-(N, T, F) table per backbone and dataset, saved as safetensors with the image ids in its metadata.
+CLIP is frozen in every method, so as in the paper its features are precomputed. Every kind of
+feature store answers the same questions (`FeatureStore`): `ids`, `num_tokens`, `feat_dim`, `len()`,
+`store[image_ids] -> (n, T, F) float32` and `missing(image_ids)`.
+
+- `FeatureTable`: in memory. The synthetic suite's features, cached as one safetensors file per
+  backbone and image set (`image_features`).
+- `ShardStore`: what `vlbench features extract` writes from image files: a folder of safetensors
+  shards, each holding float16 `features` (n, T, F) with the image ids and the encoder's identity
+  in its metadata. Shards are written atomically, so a killed extraction leaves whole shards only.
+  Opening reads the shard headers alone; rows are read from the memory-mapped files on demand.
+- `H5Store`: the reference code's layout, a `{img_id}/features` (T, F) dataset per image in h5
+  files (one file per image or many images per file), read on demand.
+
+`open_feature_store(path)` tells them apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import h5py
 import numpy as np
 import torch
-from safetensors import safe_open
+import torch.nn as nn
+from PIL import Image
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vlbench.backbones import Backbones
+from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images
+from vlbench.config import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+H5_SUFFIXES = (".h5", ".hdf5")
+SHARD_ROWS = 512  # images per shard: ~100 MB of RN101 features in float16
+FLUSH_SECONDS = 60.0  # a shard is also written after this long, so a hard kill loses at most this much work
+LOADER_THREADS = 8  # image decoding and resizing (PIL releases the GIL) overlaps the forward passes
+MAX_OPEN_H5 = 32  # h5 files kept open at once (the per-image layout has one file per image)
 
 
-class FeatureTable:
-    """image id -> (T, F) grid features, rows of one float16 tensor."""
+class FeatureStore:
+    """Grid features by image id. A subclass sets `name` (its file or folder, for error messages), `ids`,
+    `index` (image id -> where its row is), `num_tokens`, `feat_dim`, and reads rows in `_read`."""
 
-    def __init__(self, ids: list[str], features: torch.Tensor):
-        self.ids = ids
-        self.features = features
-        self.row = {image_id: i for i, image_id in enumerate(ids)}
-        self.num_tokens, self.feat_dim = features.shape[1:]
+    name: str
+    ids: list[str]
+    index: dict
+    num_tokens: int
+    feat_dim: int
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def missing(self, image_ids: Iterable[str]) -> list[str]:
+        """The ids among `image_ids` that have no features here (each once, in order)."""
+        return [i for i in dict.fromkeys(image_ids) if i not in self.index]
+
     def __getitem__(self, image_ids: Sequence[str]) -> torch.Tensor:
         """(len(image_ids), T, F) float32."""
-        rows = torch.tensor([self.row[i] for i in image_ids], dtype=torch.long)
-        return self.features[rows].float()
+        missing = self.missing(image_ids)
+        if missing:
+            more = f" (and {len(missing) - 1} more of the requested ids)" if len(missing) > 1 else ""
+            raise UserError(f"feature store {self.name} has no features for image {missing[0]!r}{more}")
+        return self._read(list(image_ids)).float()
+
+    def _read(self, image_ids: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FeatureTable(FeatureStore):
+    """In memory: rows of one float16 tensor."""
+
+    def __init__(self, ids: list[str], features: torch.Tensor, name: str = "in memory"):
+        self.name = name
+        self.ids = ids
+        self.features = features
+        self.index = {image_id: i for i, image_id in enumerate(ids)}
+        self.num_tokens, self.feat_dim = features.shape[1:]
+
+    def _read(self, image_ids: list[str]) -> torch.Tensor:
+        return self.features[torch.tensor([self.index[i] for i in image_ids], dtype=torch.long)]
+
+
+class ShardStore(FeatureStore):
+    """A folder (or one file) of safetensors shards, memory-mapped; only the headers are read up front."""
+
+    def __init__(self, name: str, shards: list[Path]):
+        self.name = name
+        self.shards = shards
+        self.ids, self.index = [], {}
+        self.encoder = None  # the encoder identity every shard carries (None for the synthetic cache)
+        self._files = []  # one open safe_open handle per shard
+        for s, shard in enumerate(shards):
+            handle, ids, metadata, shape = _open_shard(shard)
+            encoder = json.loads(metadata["encoder"]) if "encoder" in metadata else None
+            if s == 0:
+                self.encoder, (self.num_tokens, self.feat_dim) = encoder, shape[1:]
+            elif encoder != self.encoder:
+                raise UserError(
+                    f"feature store {name}: shard {shard} holds features of {describe_encoder(encoder)} but "
+                    f"{shards[0]} of {describe_encoder(self.encoder)}; a store holds one encoder's features"
+                )
+            elif shape[1:] != (self.num_tokens, self.feat_dim):
+                raise UserError(
+                    f"feature store {name}: shard {shard} holds features of shape {shape[1:]} per image, "
+                    f"{shards[0]} of {(self.num_tokens, self.feat_dim)}"
+                )
+            for row, image_id in enumerate(ids):
+                if image_id in self.index:
+                    raise UserError(
+                        f"feature store {name}: image {image_id!r} is in both {shards[self.index[image_id][0]]} and "
+                        f"{shard} (two extractions into one folder at once?); delete one of the two shards"
+                    )
+                self.index[image_id] = (s, row)
+            self.ids += ids
+            self._files.append(handle)
+
+    def _read(self, image_ids: list[str]) -> torch.Tensor:
+        rows = []
+        for image_id in image_ids:
+            s, row = self.index[image_id]
+            rows.append(self._files[s].get_slice("features")[row])
+        return torch.stack(rows)
+
+
+def _open_shard(path: Path) -> tuple:
+    """A shard's open handle, ids, other metadata and features shape, or a UserError naming the shard."""
+    delete = "delete it and extract again (only its images are recomputed)"
+    try:
+        handle = safe_open(path, framework="pt")
+    except SafetensorError as e:
+        raise UserError(f"feature shard {path} is truncated or corrupt ({e}); {delete}") from None
+    metadata = dict(handle.metadata() or {})
+    if "features" not in handle.keys() or "ids" not in metadata:
+        raise UserError(f"feature shard {path} has no 'features' tensor or no 'ids' metadata; {delete}")
+    ids = json.loads(metadata.pop("ids"))
+    shape = tuple(handle.get_slice("features").get_shape())
+    if len(shape) != 3 or shape[0] != len(ids):
+        raise UserError(f"feature shard {path} holds features of shape {shape} for {len(ids)} image ids; {delete}")
+    return handle, ids, metadata, shape
+
+
+class H5Store(FeatureStore):
+    """h5 files with a `{img_id}/features` (T, F) dataset per image, as the reference code stores them.
+
+    Opening lists the dataset names in every file (no data is read) and checks the shape of the first;
+    each read checks the shape of what it reads."""
+
+    def __init__(self, name: str, files: list[Path]):
+        self.name = name
+        self.files = files
+        self.ids, self.index = [], {}
+        self._open = {}  # file number -> open h5py.File, at most MAX_OPEN_H5
+        for k, path in enumerate(files):
+            names = []
+            try:
+                with h5py.File(path, "r") as f:
+                    f.visit(names.append)  # every group and dataset name in the file
+                    ids = [n[: -len("/features")] for n in names if n.endswith("/features") and n.count("/") == 1]
+                    if ids and k == 0:
+                        self.num_tokens, self.feat_dim = self._shape(f, ids[0], path, expected=None)
+            except OSError as e:
+                raise UserError(f"h5 feature file {path} cannot be read ({e}): truncated or not HDF5") from None
+            if not ids:
+                raise UserError(f"h5 feature file {path} holds no '{{img_id}}/features' dataset")
+            for image_id in ids:
+                if image_id in self.index:
+                    raise UserError(f"h5 feature files {files[self.index[image_id]]} and {path} both hold image {image_id!r}")
+                self.index[image_id] = k
+            self.ids += ids
+
+    def _shape(self, f: h5py.File, image_id: str, path: Path, expected) -> tuple[int, int]:
+        data = f[f"{image_id}/features"]
+        shape = data.shape if isinstance(data, h5py.Dataset) else None
+        if shape is None or len(shape) != 2 or (expected is not None and shape != expected):
+            want = f"({expected[0]}, {expected[1]}) like the rest of {self.name}" if expected else "(tokens, dim)"
+            raise UserError(f"h5 feature file {path}: '{image_id}/features' has shape {shape}, expected {want}")
+        return shape
+
+    def _file(self, k: int) -> h5py.File:
+        if k not in self._open:
+            if len(self._open) >= MAX_OPEN_H5:
+                self._open.pop(next(iter(self._open))).close()  # the earliest opened
+            self._open[k] = h5py.File(self.files[k], "r")
+        return self._open[k]
+
+    def _read(self, image_ids: list[str]) -> torch.Tensor:
+        rows = []
+        for image_id in image_ids:
+            k = self.index[image_id]
+            try:
+                f = self._file(k)
+                self._shape(f, image_id, self.files[k], expected=(self.num_tokens, self.feat_dim))
+                rows.append(torch.from_numpy(np.asarray(f[f"{image_id}/features"][()], dtype=np.float32)))
+            except OSError as e:
+                raise UserError(f"h5 feature file {self.files[k]}: cannot read '{image_id}/features' ({e})") from None
+        return torch.stack(rows)
+
+
+def open_feature_store(path: str | Path) -> FeatureStore:
+    """The feature store at `path`: a folder of safetensors shards (what `vlbench features extract`
+    writes), a folder of .h5 files or a single .safetensors / .h5 file. Reads no features yet."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"feature store {path} does not exist")
+    files = [path] if path.is_file() else _visible_files(path)
+    shards = [p for p in files if p.suffix == ".safetensors"]
+    h5_files = [p for p in files if p.suffix in H5_SUFFIXES]
+    if shards and h5_files:
+        raise UserError(f"feature store {path} mixes safetensors shards and h5 files; keep one kind per folder")
+    if shards:
+        return ShardStore(str(path), shards)
+    if h5_files:
+        return H5Store(str(path), h5_files)
+    if path.is_file():
+        raise UserError(f"{path} is not a feature store: expected a folder, a .safetensors or an .h5 file")
+    raise UserError(f"feature store {path} is empty: no .safetensors shards or .h5 files in it")
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    # hidden names are in-progress temporary files (and the like)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def write_shard(path: Path, ids: list[str], features: torch.Tensor, metadata: dict[str, str]) -> None:
+    """(n, T, F) features as float16 with their ids in the metadata, written atomically: readers see no file or a whole one."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        save_file({"features": features.to(torch.float16).contiguous()}, tmp, metadata={"ids": json.dumps(ids), **metadata})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the synthetic suite's cache
 
 
 def feature_path(backbones: Backbones, cache_dir: Path, dataset_key: str) -> Path:
@@ -56,7 +262,7 @@ def image_features(
     path = feature_path(backbones, cache_dir, dataset_key)
     if path.exists():
         table = _load(path)
-        missing = [i for i in image_ids if i not in table.row]
+        missing = table.missing(image_ids)
         if missing:
             raise ValueError(f"feature cache {path} lacks {len(missing)} requested images (e.g. {missing[0]!r})")
         return table
@@ -74,17 +280,18 @@ def image_features(
     features = torch.cat(chunks)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        save_file({"features": features}, tmp, metadata={"ids": json.dumps(ids)})
-        os.replace(tmp, path)  # atomic: readers see no file or a whole one
-    finally:
-        tmp.unlink(missing_ok=True)
-    return FeatureTable(ids, features)
+    write_shard(path, ids, features, {})
+    return FeatureTable(ids, features, name=str(path))
 
 
 def _load(path: Path) -> FeatureTable:
     with safe_open(path, framework="pt") as f:
         ids = json.loads(f.metadata()["ids"])
         features = f.get_tensor("features")
-    return FeatureTable(ids, features)
+    return FeatureTable(ids, features, name=str(path))
+
+
+def describe_encoder(identity: dict | None) -> str:
+    if identity is None:
+        return "an unrecorded encoder"
+    return f"{identity['model']} at {identity['image_size']}px with weights {identity['weights_sha256']}"
