@@ -7,8 +7,10 @@ from vlbench.metrics import (
     caption_scores,
     exact_match,
     process_punctuation,
+    python2_round,
     simple_tokenize,
     vqa_accuracy,
+    vqa_official_accuracy,
     vqa_score_summary,
 )
 
@@ -64,6 +66,14 @@ def test_vqa_summary_and_simple_accuracies():
     assert summary == pytest.approx({"overall": 0.65, "yes/no": 0.5, "number": 0.6, "other": 1.0})
     assert exact_match(["yes", " no", "red"], ["yes", "no", "blue"]) == pytest.approx(2 / 3)
     assert accuracy(["true", "false"], ["true", "true"]) == 0.5
+
+
+def test_vqa_official_accuracy_rounds_as_the_script():
+    # round(100 * float(sum(acc)) / len(acc), 2) under Python 2: exact halves go away from zero
+    assert python2_round(3.125) == 3.13 and round(3.125, 2) == 3.12
+    assert python2_round(2.675) == 2.67  # the float 2.675 lies just below the half
+    scores = vqa_official_accuracy([1.0, 0.0, 0.9], ["yes/no", "yes/no", "number"])
+    assert scores == {"overall": 63.33, "perAnswerType": {"number": 90.0, "yes/no": 50.0}}
 
 
 REFERENCES = {

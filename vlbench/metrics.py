@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
 
 # ---- VQA (vqaEval.py) ------------------------------------------------------------------------
 
@@ -104,17 +105,41 @@ def vqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
     return sum(accuracies) / len(accuracies)
 
 
+def _by_answer_type(accuracies: list[float], answer_types: list[str]) -> dict[str, list[float]]:
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for accuracy, answer_type in zip(accuracies, answer_types, strict=True):
+        by_type[answer_type].append(accuracy)
+    return dict(sorted(by_type.items()))
+
+
 def vqa_score_summary(accuracies: list[float], answer_types: list[str]) -> dict[str, float]:
     """Overall and per-answer-type mean accuracy, as fractions.
 
     The official script reports round(100 * mean, 2); reports should show these values that way.
     """
-    by_type: dict[str, list[float]] = defaultdict(list)
-    for accuracy, answer_type in zip(accuracies, answer_types, strict=True):
-        by_type[answer_type].append(accuracy)
     summary = {"overall": sum(accuracies) / len(accuracies)}
-    summary.update({t: sum(v) / len(v) for t, v in sorted(by_type.items())})
+    summary.update({t: sum(v) / len(v) for t, v in _by_answer_type(accuracies, answer_types).items()})
     return summary
+
+
+def python2_round(x: float, digits: int = 2) -> float:
+    """round() as the Python 2 that vqaEval.py was written for does it: the float's exact binary value,
+    halves away from zero. Python 3 rounds halves to even: round(3.125, 2) is 3.12 there, 3.13 here."""
+    return float(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _official_percent(accuracies: list[float]) -> float:
+    total = 0.0
+    for accuracy in accuracies:  # left to right, as Python 2's sum() (3.12's sum() compensates)
+        total += accuracy
+    return python2_round(100 * total / len(accuracies))  # the script's round(100*float(sum(acc))/len(acc), 2)
+
+
+def vqa_official_accuracy(accuracies: list[float], answer_types: list[str]) -> dict:
+    """Overall and per-answer-type accuracy exactly as vqaEval.py's setAccuracy reports them (x100,
+    2 decimals), from per-question accuracies in the order the script visits them (annotation file)."""
+    by_type = _by_answer_type(accuracies, answer_types)
+    return {"overall": _official_percent(accuracies), "perAnswerType": {t: _official_percent(v) for t, v in by_type.items()}}
 
 
 # ---- exact match and accuracy ---------------------------------------------------------------
