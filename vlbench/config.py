@@ -27,11 +27,15 @@ class DataConfig:
 
     source: str = "synthetic"
     seed: int = 0
-    # examples per task and split for the synthetic suite (questions for QA tasks, images for captions)
-    n_train: int = 1200
-    n_val: int = 150
-    n_test: int = 300
+    # examples per task and split (questions for QA tasks, images for captions): how many the
+    # synthetic suite makes; for real data a cap (the first n), None for all
+    n_train: int | None = 1200
+    n_val: int | None = 150
+    n_test: int | None = 300
     image_size: int = 128
+    # real data: the data root (layout in vlbench.tasks) and the feature store, absolute paths
+    root: str | None = None
+    features: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,11 @@ class RunConfig:
 
     def key(self) -> str:
         """A short stable hash of the canonical JSON of the config."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        d = self.to_dict()
+        for name in ("root", "features"):  # added later: left out while unset, so earlier keys stay valid
+            if d["data"][name] is None:
+                del d["data"][name]
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

@@ -58,7 +58,7 @@ PROFILES = {
         # video-text: precomputed CLIP ViT-B/32 frame embeddings (512-d) instead of RN101 grids
         backbones={"image-text": {"bart": "paper", "t5": "paper-t5"}, "video-text": {"bart": "paper-video"}},
         pool_size=6,
-        data=DataConfig(source="real", image_size=224),
+        data=DataConfig(source="real", n_train=None, n_val=None, n_test=None, image_size=224),  # every example
         optim=OptimConfig(epochs=20, batch_size=500),
         d_model=768,
         lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},

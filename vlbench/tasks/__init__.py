@@ -1,13 +1,28 @@
-"""The image-text tasks (VQA, GQA, NLVR2, COCO captions) and the synthetic suite built from them.
+"""The image-text tasks (VQA, GQA, NLVR2, COCO captions) and the suites built from them.
 
     TASKS[name] -> Task                      (see vlbench.tasks.base for the Task interface)
     build_suite(data, task_names) -> Suite   suite.examples[task][split], suite.bank, suite.image_ids()
+
+The suite is synthetic (`data.source == "synthetic"`, rendered from a seed) or real (`"real"`): the
+VL-T5 / VL_adapter preprocessed files under the data root `data.root`, in VL-T5's folder names:
+
+    split  vqa                      gqa                             nlvr             caption (COCO/dataset_coco.json)
+    train  vqa/karpathy_train.json  GQA/train.json + GQA/valid.json  nlvr/train.json  images of split train + restval
+    val    vqa/karpathy_val.json    GQA/testdev.json                 nlvr/valid.json  images of split val
+    test   vqa/karpathy_test.json   GQA/testdev.json                 nlvr/test.json   images of split test
+
+plus the official `vqa/v2_mscoco_val2014_annotations.json` (and `..._train2014_...` if a VQA val or
+test question is on a train2014 image), which VQA scoring reads the 10 annotator answers from.
+`data.n_train/n_val/n_test`, when set, keep the first n examples of each task's split (captions:
+images) for quick runs. Image ids are the feature store's: COCO file stems, GQA `img_id`, NLVR2
+`img0`/`img1`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from vlbench.config import DataConfig, UserError
 from vlbench.tasks.base import Example, Task
@@ -25,7 +40,7 @@ __all__ = ["TASKS", "SPLITS", "Example", "Task", "Suite", "build_suite"]
 
 @dataclass
 class Suite:
-    bank: SyntheticImageBank  # shared by all tasks; every image id belongs to one task and split
+    bank: SyntheticImageBank | None  # synthetic: shared by all tasks, every image id in one task and split
     examples: dict[str, dict[str, list[Example]]]  # task -> split -> examples
 
     def fingerprint(self) -> str:
@@ -38,13 +53,30 @@ class Suite:
         return sorted({i for e in examples for i in e.image_ids})
 
 
-def build_suite(data: DataConfig, task_names) -> Suite:
-    """The synthetic suite for `task_names`, deterministic in `data.seed`. Images render lazily."""
-    if data.source != "synthetic":
-        raise UserError(f"build_suite makes the synthetic suite; data source {data.source!r} is not synthetic")
+def build_suite(data: DataConfig, task_names, progress=None) -> Suite:
+    """The suite for `task_names`: synthetic (deterministic in `data.seed`, images render lazily) or
+    real (every file read and checked now, so a bad one stops the sweep before any training)."""
     unknown = [t for t in task_names if t not in TASKS]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
-    bank = SyntheticImageBank(data.image_size)
-    examples = {t: {split: TASKS[t].synthetic(data, split, bank) for split in SPLITS} for t in task_names}
-    return Suite(bank, examples)
+    if data.source == "synthetic":
+        bank = SyntheticImageBank(data.image_size)
+        examples = {t: {split: TASKS[t].synthetic(data, split, bank) for split in SPLITS} for t in task_names}
+        return Suite(bank, examples)
+    if data.source != "real":
+        raise UserError(f"unknown data source {data.source!r} (synthetic or real)")
+    if data.root is None:
+        raise UserError("--data-root: real data needs the data root (give --data-root DIR or set VLBENCH_DATA_ROOT)")
+    root = Path(data.root)
+    if not root.is_dir():
+        raise UserError(f"--data-root: {root} is not a folder")
+    bar = progress.add_task("reading data", total=len(task_names) * len(SPLITS)) if progress is not None else None
+    examples = {}
+    for t in task_names:
+        examples[t] = {}
+        for split in SPLITS:
+            limit = getattr(data, f"n_{split}")
+            examples[t][split] = TASKS[t].load(root, split)[:limit]
+            if bar is not None:
+                progress.advance(bar)
+    return Suite(None, examples)

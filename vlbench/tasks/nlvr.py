@@ -1,6 +1,10 @@
 """NLVR2: is a statement about two images true? Balanced 50/50, scored by accuracy.
 
-For each example the label is a coin flip, the statement is drawn independently of the label
+Real data: the VL-T5 records `nlvr/{train,valid,test}.json` (`identifier`, `img0`, `img1`, `sent`,
+`label` 1 = true / 0 = false); `test.json` is test-P, the split the paper reports. The target
+words are "true" / "false", as in the reference code.
+
+Synthetic: for each example the label is a coin flip, the statement is drawn independently of the label
 (family and words uniformly), and then pairs of images from the split's pool are tried until one
 makes the statement have that label. So the statement text alone says nothing about the label.
 """
@@ -8,10 +12,11 @@ makes the statement have that label. So the statement text alone says nothing ab
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
-from vlbench.config import DataConfig
+from vlbench.config import DataConfig, UserError
 from vlbench.metrics import accuracy
-from vlbench.tasks.base import Example, Task
+from vlbench.tasks.base import Example, Task, check_unique, field, read_records
 from vlbench.tasks.scenes import (
     COLORS,
     SHAPES,
@@ -60,6 +65,7 @@ class NLVRTask(Task):
     choices = ("true", "false")
     images_per_example = 2
     max_target_tokens = 1
+    files = {"train": ("nlvr/train.json",), "val": ("nlvr/valid.json",), "test": ("nlvr/test.json",)}
 
     def synthetic(self, data: DataConfig, split: str, bank: SyntheticImageBank) -> list[Example]:
         n = getattr(data, f"n_{split}")
@@ -88,6 +94,29 @@ class NLVRTask(Task):
                         )
                     )
                     break
+        return examples
+
+    def load(self, root: Path, split: str) -> list[Example]:
+        (path,) = self.paths(root, split)
+        examples = []
+        for i, record in enumerate(read_records(path)):
+            where = f"{path}: record {i}"
+            label = field(where, record, "label", "an integer")
+            if label not in (0, 1):
+                raise UserError(f"{where}: bad label {label} (1 = true, 0 = false)")
+            target = "true" if label == 1 else "false"
+            examples.append(
+                Example(
+                    uid=field(where, record, "identifier", "a string"),
+                    task=self.name,
+                    image_ids=(field(where, record, "img0", "a string"), field(where, record, "img1", "a string")),
+                    text=field(where, record, "sent", "a string"),
+                    targets=(target,),
+                    target_scores=None,
+                    answers=(target,),
+                )
+            )
+        check_unique(examples, str(path), "identifier")
         return examples
 
     def metric(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:

@@ -1,6 +1,12 @@
 """VQA: attribute, count and presence questions with 10 annotator answers and soft scores.
 
-Each image gets 3 questions. The first decides how the scene is built (count questions pick the
+Real data (VQAv2, Karpathy splits): the VL-T5 records `vqa/karpathy_{train,val,test}.json`
+(`img_id`, `sent`, `question_id`, `label` {answer: soft score}) give the questions and the training
+targets. Scoring needs the 10 annotator answers, which `label` lacks: val and test questions read
+them (and the answer type) from the official `vqa/v2_mscoco_{train,val}2014_annotations.json`, the
+file named by the image's COCO subset. Training questions carry no annotator answers (never scored).
+
+Synthetic: each image gets 3 questions. The first decides how the scene is built (count questions pick the
 answer 0..4 uniformly and then build a scene with that many of the shape; presence questions
 pick yes/no by a coin), so answers given the question text alone stay near uniform. The other
 two are attribute or presence questions about the finished scene, again balanced by a coin.
@@ -9,11 +15,13 @@ two are attribute or presence questions about the finished scene, again balanced
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
+from pathlib import Path
 
-from vlbench.config import DataConfig
+from vlbench.config import DataConfig, UserError
 from vlbench.metrics import vqa_accuracy, vqa_score_summary
-from vlbench.tasks.base import Example, Task
+from vlbench.tasks.base import Example, Task, check_unique, field, json_type, read_json, read_records, soft_label
 from vlbench.tasks.scenes import (
     COLORS,
     KINDS,
@@ -28,6 +36,8 @@ from vlbench.tasks.scenes import (
 
 QUESTIONS_PER_IMAGE = 3
 N_ANNOTATORS = 10
+ANNOTATIONS = "vqa/v2_mscoco_{subset}_annotations.json"
+COCO_IMAGE = re.compile(r"COCO_(train2014|val2014)_0*(\d+)")  # VL-T5's image id: the file stem
 
 
 def soft_score(count: int) -> float:
@@ -105,6 +115,7 @@ class VQATask(Task):
     prefix = "vqa: "
     decode = "greedy"
     max_target_tokens = 4
+    files = {split: (f"vqa/karpathy_{split}.json",) for split in ("train", "val", "test")}
 
     def image_questions(self, rng: random.Random, yes_no: Counter) -> tuple[Scene, list[tuple[str, str, str]]]:
         """One scene and its (question, answer, answer_type) triples, all distinct questions.
@@ -172,8 +183,98 @@ class VQATask(Task):
                 )
         return examples
 
+    def load(self, root: Path, split: str) -> list[Example]:
+        (path,) = self.paths(root, split)
+        records = [(f"{path}: record {i}", record) for i, record in enumerate(read_records(path))]
+        for where, record in records:
+            field(where, record, "img_id", "a string")
+            field(where, record, "question_id", "an integer")
+            field(where, record, "sent", "a string")
+        official = {} if split == "train" else official_answers(root, records)
+        examples = []
+        for where, record in records:
+            targets, scores = soft_label(where, record)
+            if split == "train":  # never scored: no annotator answers needed
+                answers = ()
+                answer_type = field(where, record, "answer_type", "a string") if "answer_type" in record else ""
+            else:
+                answers, answer_type = official[record["question_id"]]
+            examples.append(
+                Example(
+                    uid=str(record["question_id"]),
+                    task=self.name,
+                    image_ids=(record["img_id"],),
+                    text=record["sent"],
+                    targets=targets,
+                    target_scores=scores,
+                    answers=answers,
+                    answer_type=answer_type,
+                )
+            )
+        check_unique(examples, str(path), "question_id")
+        return examples
+
     def metric(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
         accuracies = [vqa_accuracy(p, list(e.answers)) for e, p in zip(examples, predictions)]
         summary = vqa_score_summary(accuracies, [e.answer_type for e in examples])
         summary["score"] = summary.pop("overall")
         return summary
+
+
+def official_answers(root: Path, records: list[tuple[str, dict]]) -> dict[int, tuple[tuple[str, ...], str]]:
+    """question_id -> (the 10 annotator answers, answer type) from the official annotation files.
+
+    `records` are (where, record) pairs; each image's COCO subset (train2014 / val2014, in its id)
+    names the annotation file, whose entry for the question must be about the same image."""
+    by_subset: dict[str, list[tuple[str, dict, int]]] = {}
+    for where, record in records:
+        match = COCO_IMAGE.fullmatch(record["img_id"])
+        if match is None:
+            raise UserError(f"{where}: img_id {record['img_id']!r} is not a COCO image id like COCO_val2014_000000123456")
+        by_subset.setdefault(match.group(1), []).append((where, record, int(match.group(2))))
+    official = {}
+    for subset, asked in sorted(by_subset.items()):
+        path = Path(root) / ANNOTATIONS.format(subset=subset)
+        annotations = read_annotations(path)
+        for where, record, image_id in asked:
+            question_id = record["question_id"]
+            if question_id not in annotations:
+                raise UserError(f"{path}: no annotation for question_id {question_id} ({where})")
+            answers, answer_type, annotated_image = annotations[question_id]
+            if annotated_image != image_id:
+                raise UserError(
+                    f"{path}: question_id {question_id} is annotated for image {annotated_image}, "
+                    f"but {where} has img_id {record['img_id']!r}"
+                )
+            official[question_id] = (answers, answer_type)
+    return official
+
+
+def read_annotations(path: Path) -> dict[int, tuple[tuple[str, ...], str, int]]:
+    """An official VQAv2 annotation file: question_id -> (10 answers, answer_type, COCO image id)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected the official VQA annotation object, got {json_type(data)}")
+    entries = field(str(path), data, "annotations", "a list")
+    if not entries:
+        raise UserError(f"{path}: no annotations")
+    annotations = {}
+    for j, entry in enumerate(entries):
+        where = f"{path}: annotation {j}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} should be an object, got {json_type(entry)}")
+        answers = field(where, entry, "answers", "a list")
+        if len(answers) != N_ANNOTATORS:
+            raise UserError(f"{where}: expected {N_ANNOTATORS} annotator answers, got {len(answers)}")
+        texts = []
+        for k, answer in enumerate(answers):
+            if not isinstance(answer, dict):
+                raise UserError(f"{where}: answers[{k}] should be an object, got {json_type(answer)}")
+            texts.append(field(f"{where}: answers[{k}]", answer, "answer", "a string"))
+        question_id = field(where, entry, "question_id", "an integer")
+        annotations[question_id] = (
+            tuple(texts),
+            field(where, entry, "answer_type", "a string"),
+            field(where, entry, "image_id", "an integer"),
+        )
+    return annotations
