@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, RunConfig, UserError
+from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, DataConfig, RunConfig, UserError
 from vlbench.methods import get_method
 from vlbench.paper import TABLE1, TABLE4
-from vlbench.profiles import get_profile
+from vlbench.profiles import PROFILES, Profile, get_profile
 
 SUITES = {"image-text": IMAGE_TEXT_TASKS, "video-text": VIDEO_TEXT_TASKS}
+DATA_ROOT_ENV = "VLBENCH_DATA_ROOT"  # the real data root when --data-root is not given
 DEFAULT_METHODS = ("full", "adapter")
 # named grids: (method, sharing) rows, hidden dims from --hidden-dims or the profile's defaults
 PRESETS = {
@@ -39,6 +42,9 @@ class GridRequest:
     n_val: int | None = None
     n_test: int | None = None
     preset: str | None = None  # a named grid (PRESETS) instead of methods x sharing
+    backbone: str | None = None  # backbone size, a profile name (tiny | paper); None: the profile's own
+    data_root: str | None = None  # real data: the data root; None: $VLBENCH_DATA_ROOT
+    features: str | None = None  # real data: the feature store; None: <data root>/features/<CLIP model>
     options: tuple[tuple[str, Any], ...] = ()  # method knobs (--option key=value), applied to every method that has them
 
 
@@ -48,7 +54,8 @@ def expand(req: GridRequest) -> list[RunConfig]:
     if req.suite not in SUITES:
         raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
     profile = get_profile(req.profile)
-    backbone = profile.backbone(req.suite, req.lm)
+    sized = backbone_profile(req)  # whose backbones, pool size, width and default hidden dims the runs use
+    backbone = sized.backbone(req.suite, req.lm)
     positive("--epochs", req.epochs)
     positive("--lr", req.lr)
     positive("--batch-size", req.batch_size)
@@ -65,7 +72,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
     for key, _ in req.options:
         if not any(key in get_method(m).option_defaults for m in methods):
             raise UserError(f"--option: no requested method has an option '{key}'")
-    data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
+    data = data_config(req, profile, backbone)
     configs: dict[str, RunConfig] = {}
     for name in methods:
         method = get_method(name)
@@ -73,10 +80,10 @@ def expand(req: GridRequest) -> list[RunConfig]:
         options = {k: v for k, v in req.options if k in method.option_defaults}
         # a method without sharing modes or hidden dim collapses those axes to one job
         sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
-        dims = (req.hidden_dims or (profile.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
+        dims = (req.hidden_dims or (sized.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
         for sharing in sharings:
             for hidden_dim in dims:
-                method.validate(sharing, hidden_dim, profile.d_model, options)
+                method.validate(sharing, hidden_dim, sized.d_model, options)
                 lr = req.lr or profile.learning_rate(name, sharing)
                 optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
                 for seed in req.seeds:
@@ -84,7 +91,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
                         suite=req.suite,
                         profile=profile.name,
                         backbone=backbone,
-                        pool_size=profile.pool_size,
+                        pool_size=sized.pool_size,
                         tasks=SUITES[req.suite],
                         method=name,
                         sharing=sharing,
@@ -108,6 +115,38 @@ def expand_preset(req: GridRequest) -> list[RunConfig]:
         row = dataclasses.replace(req, preset=None, methods=(method,), sharing=(sharing,) if sharing else None)
         configs.update((cfg.key(), cfg) for cfg in expand(row))
     return list(configs.values())
+
+
+def backbone_profile(req: GridRequest) -> Profile:
+    """The profile whose backbones the runs use: --backbone pairs one profile's data and training
+    with the other's backbones (e.g. the paper's real data on the tiny backbones, to test the path)."""
+    if req.backbone is None:
+        return get_profile(req.profile)
+    if req.backbone not in PROFILES:
+        raise UserError(f"--backbone: unknown backbone size '{req.backbone}' (choose from {', '.join(PROFILES)})")
+    return PROFILES[req.backbone]
+
+
+def data_config(req: GridRequest, profile: Profile, backbone: str) -> DataConfig:
+    """The profile's data with the requested caps; real data also gets its root and feature store."""
+    data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
+    if data.source != "real":
+        if req.data_root is not None or req.features is not None:
+            raise UserError(f"--data-root/--features: real data needs --profile paper; {profile.name} is synthetic")
+        return data
+    root = req.data_root or os.environ.get(DATA_ROOT_ENV) or None
+    if root is None:  # enough for --dry-run; a sweep stops before training, naming --data-root
+        return data
+    features = req.features or default_features(root, backbone)
+    # absolute, so a config (and its key) names the same files from any working directory
+    return dataclasses.replace(data, root=str(Path(root).resolve()), features=str(Path(features).resolve()))
+
+
+def default_features(root: str, backbone: str) -> Path:
+    """Where the feature store of `backbone`'s CLIP lives by default: <root>/features/<CLIP model>."""
+    from vlbench.backbones import BACKBONES  # open_clip: imported only when needed
+
+    return Path(root) / "features" / BACKBONES[backbone].clip.get("name", "tiny")
 
 
 def positive(flag: str, value) -> None:

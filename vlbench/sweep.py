@@ -26,15 +26,15 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from vlbench.backbones import Backbones, load_backbones
-from vlbench.config import OptimConfig, RunConfig
+from vlbench.config import OptimConfig, RunConfig, UserError
 from vlbench.data import TaskData
 from vlbench.engine import train
-from vlbench.features import image_features
+from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.methods import build_vl_model
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
 from vlbench.store import Store
-from vlbench.tasks import TASKS, build_suite
+from vlbench.tasks import TASKS, Suite, build_suite
 
 TEXT_ONLY = "text-only"  # the method name under which the text-only prior is stored
 
@@ -102,12 +102,51 @@ def run_sweep(
 
 
 def build_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Resources:
+    if cfg.data.source == "real":
+        return build_real_resources(cfg, cache_dir, progress)
     backbones = load_backbones(cfg.backbone, cache_dir, progress=progress)
     suite = build_suite(cfg.data, cfg.tasks)
     features = image_features(
         backbones, suite.image_ids(), suite.bank.render, cache_dir, dataset_key=suite.fingerprint(), progress=progress
     )
     return Resources(backbones, suite, features)
+
+
+def build_real_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Resources:
+    """Real data: every file read and checked and every image's features found before the backbones
+    load (tiny ones may pretrain first) and before any run trains; features are read lazily."""
+    suite = build_suite(cfg.data, cfg.tasks, progress)
+    features = open_feature_store(cfg.data.features)
+    check_features(suite, features)
+    backbones = load_backbones(cfg.backbone, cache_dir, progress=progress)
+    side = round(features.num_tokens**0.5)
+    if features.feat_dim != backbones.feat_dim or side * side != features.num_tokens:
+        raise UserError(
+            f"--features: {features.name} holds {features.num_tokens} x {features.feat_dim}-d features per image; "
+            f"the {cfg.backbone} backbone needs a square grid of its CLIP's {backbones.feat_dim}-d features "
+            "(extract them with that CLIP: vlbench features extract)"
+        )
+    return Resources(backbones, suite, features)
+
+
+def check_features(suite: Suite, features: FeatureStore) -> None:
+    """Every image of every example has features, or a UserError naming the store and an example."""
+    image_ids = suite.image_ids()
+    missing = set(features.missing(image_ids))
+    if not missing:
+        return
+    task, split, uid, image_id = next(
+        (task, split, e.uid, i)
+        for task, splits in suite.examples.items()
+        for split, examples in splits.items()
+        for e in examples
+        for i in e.image_ids
+        if i in missing
+    )
+    raise UserError(
+        f"--features: feature store {features.name} has no features for {len(missing)} of the {len(image_ids)} "
+        f"images, e.g. {image_id!r} ({task} {split} example {uid}); extract them into it with vlbench features extract"
+    )
 
 
 def build_model(cfg: RunConfig, backbones: Backbones) -> VLModel:

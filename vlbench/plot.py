@@ -1,0 +1,194 @@
+"""The paper's Figure 4: score vs updated parameters (%), one line per method family and sharing mode.
+
+The points are Table 1's rows (vlbench.report.build_table): every configuration averaged over its
+seeds, with the standard deviation as an error bar where there are several. Full fine-tuning and the
+text-only prior are horizontal reference lines; the Pareto frontier (no other point has fewer updated
+parameters and a higher score) is marked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlbench.config import UserError
+from vlbench.report import TASK_HEADERS, build_table
+from vlbench.store import Store
+
+TASK_CHOICES = ("avg", "vqa", "gqa", "nlvr", "caption")
+PLOT_FORMATS = ("png", "pdf", "svg")
+FAMILY_COLORS = {
+    "adapter": "#1f77b4",
+    "compacter": "#2ca02c",
+    "hyperformer": "#9467bd",
+    "lora": "#d62728",
+    "prompt": "#ff7f0e",
+}
+SHARING_STYLES = {"multiple": ("o", "-"), "half": ("^", "-."), "single": ("s", "--"), None: ("D", ":")}
+# where a hidden-dim label may sit, in points from its marker: tried in order until one overlaps nothing
+LABEL_OFFSETS = ((7, 6), (7, -13), (-14, 6), (-14, -13), (9, -3), (-17, -3), (-3, 10), (-3, -16), (12, 12), (-20, 12))
+
+
+@dataclass
+class Series:
+    label: str  # "Single Adapter"
+    method: str
+    sharing: str | None
+    points: list[tuple[float, float, float | None, int | None]]  # (params %, score, std or None, hidden dim)
+
+
+@dataclass
+class TradeoffData:
+    task: str
+    series: list[Series]
+    references: dict[str, float] = field(default_factory=dict)  # "Full fine-tuning" -> score
+    frontier: list[tuple[float, float]] = field(default_factory=list)
+
+
+def tradeoff_data(store: Store, task: str = "avg", sweep: str | None = None, profile: str | None = None) -> TradeoffData:
+    if task not in TASK_CHOICES:
+        raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(TASK_CHOICES)})")
+    try:
+        table = build_table(store, 1, sweep=sweep, profile=profile)
+    except UserError as e:  # say which sweep makes this figure, not Table 1's
+        raise UserError(str(e).replace("--preset table1", "--preset figure4")) from None
+    data = TradeoffData(task, [])
+    by_label: dict[str, Series] = {}
+    for row in table.rows:
+        method, sharing, _ = row["_key"]
+        score = row.get(task)
+        if score is None:
+            continue
+        if method in ("full", "text-only"):
+            data.references[row["method"]] = score
+            continue
+        if row["params_percent"] is None:
+            continue
+        # one line per row label without its hidden dim: variants ("[lr=...]") get lines of their own
+        series = by_label.setdefault(row["method"], Series(row["method"], method, sharing, []))
+        series.points.append((row["params_percent"], score, row.get(f"{task}_std"), row["hidden_dim"]))
+    data.series = [s for s in by_label.values()]
+    for s in data.series:
+        s.points.sort()
+    if not data.series:
+        raise UserError(
+            "no parameter-efficient runs to plot; run `vlbench sweep image-text --preset figure4` first"
+        )
+    data.frontier = pareto_frontier([(x, y) for s in data.series for x, y, _, _ in s.points])
+    return data
+
+
+def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both axes (fewer updated params, higher score), by params."""
+    frontier, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            frontier.append((x, y))
+            best = y
+    return frontier
+
+
+def plot_tradeoff(data: TradeoffData, path: Path, log_x: bool = False):
+    """Draw and save the figure (format from the suffix); returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "axes.spines.top": False,
+                         "axes.spines.right": False}):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+        for s in data.series:
+            marker, line = SHARING_STYLES.get(s.sharing, SHARING_STYLES[None])
+            xs, ys, errs, _ = zip(*s.points)
+            has_err = any(e is not None for e in errs)
+            ax.errorbar(
+                xs, ys, yerr=[e or 0.0 for e in errs] if has_err else None, label=s.label,
+                color=FAMILY_COLORS.get(s.method, "#7f7f7f"), marker=marker, linestyle=line, markersize=6,
+                capsize=3, linewidth=1.6,
+            )  # fmt: skip
+        styles = iter([("black", "-"), ("#7f7f7f", ":")])
+        for name, score in data.references.items():
+            color, line = next(styles, ("#7f7f7f", "-."))
+            ax.axhline(score, color=color, linestyle=line, linewidth=1.2, label=f"{name} ({score:.1f})")
+        fx, fy = zip(*data.frontier)
+        ax.step(fx, fy, where="post", color="#bbbbbb", linewidth=6, alpha=0.5, zorder=0, label="Pareto frontier")
+        ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="#444444", linewidths=1.2, zorder=3)
+        if log_x:
+            ax.set_xscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 1, 2, 10 rather than 10^0
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+        ax.set_xlabel("Updated parameters (%)" + (", log scale" if log_x else ""))
+        ax.set_ylabel(score_label(data.task))
+        ax.set_title("Accuracy vs updated parameters (VL-Adapter Figure 4)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.margins(x=0.08, y=0.12)
+        ax.text(1.01, 0.02, "numbers: hidden dim\n(bottleneck / rank)", transform=ax.transAxes, fontsize=8,
+                color="#555555")  # fmt: skip
+        label_hidden_dims(fig, ax, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        try:
+            fig.savefig(tmp, dpi=200, format=path.suffix[1:])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return fig
+
+
+def score_label(task: str) -> str:
+    if task == "avg":
+        return "Average score (accuracy %, CIDEr x100)"
+    return f"{TASK_HEADERS[task]} " + ("CIDEr (x100)" if task == "caption" else "accuracy (%)")
+
+
+def label_hidden_dims(fig, ax, data: TradeoffData) -> None:
+    """Each marker's hidden dim, at the first offset where it overlaps no marker and no other label."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # freeze the layout measured here, so the saved labels sit where they were checked
+    renderer = fig.canvas.get_renderer()
+    points = [(x, y, d) for s in data.series for x, y, _, d in s.points if d is not None]
+    radius = 8  # display pixels around a marker (and its frontier ring) kept free of text
+    markers = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        markers.append(matplotlib_bbox(px - radius, py - radius, px + radius, py + radius))
+    placed = []
+    for x, y, d in points:
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(str(d), (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, color="#333333")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed + markers):
+                break
+            text.remove()
+        else:  # every spot taken: keep the first one rather than drop the label
+            text = ax.annotate(str(d), (x, y), xytext=LABEL_OFFSETS[0], textcoords="offset points", fontsize=8)
+            box = text.get_window_extent(renderer)
+        placed.append(box)
+
+
+def matplotlib_bbox(x0, y0, x1, y1):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x0, y0], [x1, y1]])
+
+
+def write_tradeoff(
+    store: Store,
+    reports_dir: Path,
+    task: str = "avg",
+    fmt: str = "png",
+    log_x: bool = False,
+    sweep: str | None = None,
+    profile: str | None = None,
+) -> Path:
+    if fmt not in PLOT_FORMATS:
+        raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(PLOT_FORMATS)})")
+    data = tradeoff_data(store, task, sweep=sweep, profile=profile)
+    path = Path(reports_dir) / f"figure4_{task}.{fmt}"
+    plot_tradeoff(data, path, log_x=log_x)
+    return path
