@@ -16,6 +16,8 @@ from vlbench.config import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="vlbench: parameter-efficient VL transfer benchmarks")
 sweep_app = typer.Typer(no_args_is_help=True, help="Run a grid of training jobs and store the results.")
 app.add_typer(sweep_app, name="sweep")
+features_app = typer.Typer(no_args_is_help=True, help="CLIP grid features of image files, in a feature store.")
+app.add_typer(features_app, name="features")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -222,3 +224,27 @@ def report(
     path = write_report(text, REPORTS_DIR, f"table{table}", fmt)
     print(text, end="" if text.endswith("\n") else "\n")
     err_console.print(f"[dim]written to {path}[/dim]")
+
+
+@features_app.command("extract")
+def features_extract(
+    images: Path = typer.Option(..., help="folder of .jpg/.jpeg/.png images, subfolders included; id = file name without extension"),
+    out: Path = typer.Option(..., help="feature store folder (created; one already there is resumed)"),
+    model: str = typer.Option("RN101", help="RN101 (or another open_clip CLIP ResNet), or tiny (vlbench's tiny CLIP)"),
+    weights: Optional[str] = typer.Option(
+        None, help="CLIP weights: an open_clip checkpoint file, or a pretrained tag such as openai (open_clip downloads it)"
+    ),
+    random_weights: bool = typer.Option(False, "--random-weights", help="seeded random weights, for smoke tests only"),
+    batch_size: int = typer.Option(32, help="images per forward pass"),
+):
+    """Extract CLIP grid features (RN101: 49 x 2048 per image); images already in the store are skipped."""
+    from vlbench.features import extract_folder
+
+    try:
+        summary = extract_folder(images, out, model, weights, random_weights, batch_size, RUNS_DIR / "cache", console)
+    except UserError as e:
+        fail(str(e))
+    console.print(
+        f"{summary.extracted} images extracted, {summary.already} already in {out} "
+        f"({summary.images} found) in {summary.seconds:.1f}s"
+    )

@@ -173,7 +173,8 @@ class H5Store(FeatureStore):
                 raise UserError(f"h5 feature file {path} holds no '{{img_id}}/features' dataset")
             for image_id in ids:
                 if image_id in self.index:
-                    raise UserError(f"h5 feature files {files[self.index[image_id]]} and {path} both hold image {image_id!r}")
+                    other = files[self.index[image_id]]
+                    raise UserError(f"h5 feature files {other} and {path} both hold image {image_id!r}")
                 self.index[image_id] = k
             self.ids += ids
 
@@ -231,7 +232,7 @@ def _visible_files(folder: Path) -> list[Path]:
 
 
 def write_shard(path: Path, ids: list[str], features: torch.Tensor, metadata: dict[str, str]) -> None:
-    """(n, T, F) features as float16 with their ids in the metadata, written atomically: readers see no file or a whole one."""
+    """(n, T, F) features as float16, their ids in the metadata; written atomically: readers see no file or a whole one."""
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         save_file({"features": features.to(torch.float16).contiguous()}, tmp, metadata={"ids": json.dumps(ids), **metadata})
@@ -291,7 +292,215 @@ def _load(path: Path) -> FeatureTable:
     return FeatureTable(ids, features, name=str(path))
 
 
+# ----------------------------------------------------------------------------- extraction from image files
+
+
+@dataclass
+class ImageEncoder:
+    """A frozen CLIP vision tower that gives grid features, and what identifies it."""
+
+    vision: nn.Module  # (B, 3, S, S) CLIP-normalised pixels -> (B, T, F)
+    image_size: int  # S
+    identity: dict  # model, image size, digest of the weights: in every shard, a resume must match it
+    weights: str  # where the weights came from (a file, a tag, "random"), for the record
+
+
+@dataclass
+class ExtractSummary:
+    images: int  # image files found
+    already: int  # of them, already in the store
+    extracted: int
+    seconds: float
+
+
+def load_encoder(
+    model: str, weights: str | None, random_weights: bool, cache_dir: Path, progress=None
+) -> ImageEncoder:
+    """vlbench's tiny CLIP (`model="tiny"`), or an open_clip CLIP ResNet with `weights` (a checkpoint file
+    or an open_clip pretrained tag, which open_clip downloads) or, for smoke tests, seeded random weights."""
+    import open_clip
+
+    if model == "tiny":
+        if weights is not None or random_weights:
+            raise UserError("--weights/--random-weights: --model tiny is vlbench's own pretrained tiny CLIP, it takes neither")
+        backbones = load_backbones("tiny", cache_dir, progress)
+        label = f"vlbench tiny backbones {backbones.spec.key()}"
+        identity = _identity("tiny", backbones.vision, backbones.image_size)
+        return ImageEncoder(backbones.vision, backbones.image_size, identity, label)
+
+    config = open_clip.get_model_config(model)
+    if config is None or not isinstance(config["vision_cfg"].get("layers"), (list, tuple)):
+        raise UserError(
+            f"--model: {model!r} is neither tiny nor an open_clip CLIP ResNet (RN50, RN101, ...), which grid features need"
+        )
+    if random_weights == (weights is not None):
+        raise UserError(
+            f"--weights: give the weights of {model}, a checkpoint file or an open_clip pretrained tag such as 'openai' "
+            "(or --random-weights instead, for a smoke test: its features mean nothing)"
+        )
+    if random_weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clip = open_clip.create_model(model, pretrained=None)
+        label = "random (seed 0)"
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if not Path(weights).is_file() and weights not in tags:
+            raise UserError(f"--weights: {weights!r} is neither a file nor a pretrained tag of {model} ({', '.join(tags)})")
+        try:
+            clip = open_clip.create_model(model, pretrained=weights)
+        except Exception as e:  # a file of the wrong kind or shapes, a failed download: open_clip raises many kinds
+            raise UserError(f"--weights: cannot load {weights} into open_clip {model}: {e}") from None
+        label = str(Path(weights).resolve()) if Path(weights).is_file() else f"open_clip {model} {weights}"
+    vision = GridEncoder(clip.visual).eval().requires_grad_(False)
+    return ImageEncoder(vision, clip.visual.image_size, _identity(model, vision, clip.visual.image_size), label)
+
+
+def _identity(model: str, vision: nn.Module, image_size: int) -> dict:
+    # a digest of the weights themselves: the same weights from a file or a tag resume the same store
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vision.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return {"model": model, "image_size": image_size, "weights_sha256": digest.hexdigest()[:16]}
+
+
 def describe_encoder(identity: dict | None) -> str:
     if identity is None:
         return "an unrecorded encoder"
     return f"{identity['model']} at {identity['image_size']}px with weights {identity['weights_sha256']}"
+
+
+def image_files(root: Path) -> dict[str, Path]:
+    """Image id -> file for every .jpg/.jpeg/.png under `root` and its subfolders (hidden names skipped).
+
+    The id is the file name without extension, as VL-T5 names images (COCO_val2014_000000123456,
+    GQA 2354786, NLVR2 dev-850-0-img0), so two files with the same stem are an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--images: {root} is not a folder")
+    files = {}
+    for path in sorted(root.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or hidden or not path.is_file():
+            continue
+        if path.stem in files:
+            raise UserError(
+                f"--images: {files[path.stem]} and {path} have the same image id {path.stem!r} (the file name without extension)"
+            )
+        files[path.stem] = path
+    if not files:
+        raise UserError(f"--images: no .jpg, .jpeg or .png files in {root} or its subfolders")
+    return dict(sorted(files.items()))
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """One image file -> (1, 3, size, size) CLIP input: RGB, bicubic resize to size x size (no aspect keep)."""
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as e:  # PIL: not an image, truncated, unsupported
+        raise UserError(f"cannot read image {path} ({e}); fix or remove it and run again (finished images are kept)") from None
+    return preprocess_images([rgb], size)
+
+
+class ShardWriter:
+    """Collects extracted rows and writes them as shards of SHARD_ROWS images (or FLUSH_SECONDS of work)."""
+
+    def __init__(self, folder: Path, encoder: ImageEncoder):
+        self.folder = folder
+        self.metadata = {"encoder": json.dumps(encoder.identity, sort_keys=True), "weights": encoder.weights}
+        self.ids, self.chunks = [], []
+        self.last_write = time.monotonic()
+
+    def add(self, ids: list[str], features: torch.Tensor) -> None:
+        self.ids += ids
+        self.chunks.append(features)
+        if len(self.ids) >= SHARD_ROWS or time.monotonic() - self.last_write >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ids:
+            # names sort in writing order; the pid keeps two writers' names apart
+            name = f"shard-{time.time_ns()}-{os.getpid()}.safetensors"
+            write_shard(self.folder / name, self.ids, torch.cat(self.chunks), self.metadata)
+        self.ids, self.chunks, self.last_write = [], [], time.monotonic()
+
+
+def stored_ids(out: Path, encoder: ImageEncoder) -> set[str]:
+    """Ids already in the store folder `out`, which must hold this encoder's features (or nothing yet)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; a feature store is a folder")
+    if not out.exists() or not any(p.suffix in (".safetensors", *H5_SUFFIXES) for p in _visible_files(out)):
+        return set()
+    store = open_feature_store(out)
+    if not isinstance(store, ShardStore):
+        raise UserError(f"--out: {out} holds h5 features; extract into another folder")
+    if store.encoder != encoder.identity:
+        raise UserError(
+            f"--out: {out} holds features of {describe_encoder(store.encoder)}, not of {describe_encoder(encoder.identity)} "
+            "(another model or other weights); extract into another folder"
+        )
+    return set(store.ids)
+
+
+def extract_features(
+    files: dict[str, Path], out: Path, encoder: ImageEncoder, batch_size: int = 32, progress=None
+) -> ExtractSummary:
+    """Grid features of the image `files` (id -> path, see `image_files`) into the store folder `out`, in shards.
+
+    Images already in the store are skipped. On an error or Ctrl-C the finished batches are written
+    before the exception propagates; a hard kill loses at most the unwritten shard (FLUSH_SECONDS)."""
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {batch_size}")
+    out = Path(out)
+    done = stored_ids(out, encoder)
+    todo = [i for i in files if i not in done]
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vision = encoder.vision.to(device)
+    writer = ShardWriter(out, encoder)
+    task = None
+    if progress is not None:
+        description = f"CLIP features {encoder.identity['model']}"
+        task = progress.add_task(description, total=len(files), completed=len(files) - len(todo))
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    with ThreadPoolExecutor(LOADER_THREADS) as pool:
+
+        def submit(batch: list[str]) -> list:
+            return [pool.submit(load_image, files[i], encoder.image_size) for i in batch]
+
+        pending = submit(batches[0]) if batches else []
+        try:
+            for k, batch in enumerate(batches):
+                pixels = torch.cat([future.result() for future in pending])
+                pending = submit(batches[k + 1]) if k + 1 < len(batches) else []  # decoded while the model runs
+                with torch.inference_mode():
+                    features = vision(pixels.to(device)).to(torch.float16).cpu()
+                writer.add(batch, features)
+                if task is not None:
+                    progress.update(task, advance=len(batch))
+        finally:
+            writer.flush()  # what finished is kept, so a rerun starts after it
+    return ExtractSummary(len(files), len(files) - len(todo), len(todo), time.perf_counter() - started)
+
+
+def extract_folder(
+    images: Path,
+    out: Path,
+    model: str,
+    weights: str | None,
+    random_weights: bool,
+    batch_size: int,
+    cache_dir: Path,
+    console,
+) -> ExtractSummary:
+    """`vlbench features extract`: find the images, load the encoder, extract under a progress display."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+    files = image_files(images)  # before loading (or downloading) any model
+    with Progress(*columns, console=console) as progress:
+        encoder = load_encoder(model, weights, random_weights, cache_dir, progress)
+        return extract_features(files, out, encoder, batch_size, progress)
