@@ -84,10 +84,20 @@ def sweep_image_text(
     epochs: Optional[int] = typer.Option(None, help="training epochs [default: profile's]"),
     lr: Optional[float] = typer.Option(None, help="learning rate for every job [default: per method]"),
     batch_size: Optional[int] = typer.Option(None, help="batch size [default: profile's]"),
-    n_train: Optional[int] = typer.Option(None, help="synthetic examples per task for training"),
-    n_val: Optional[int] = typer.Option(None, help="synthetic examples per task for validation"),
-    n_test: Optional[int] = typer.Option(None, help="synthetic examples per task for test"),
+    n_train: Optional[int] = typer.Option(None, help="examples per task for training (synthetic: made; real: first n)"),
+    n_val: Optional[int] = typer.Option(None, help="examples per task for validation (synthetic: made; real: first n)"),
+    n_test: Optional[int] = typer.Option(None, help="examples per task for test (synthetic: made; real: first n)"),
     option: Optional[list[str]] = typer.Option(None, help="method knob key=value, repeatable (e.g. lora_alpha=16)"),
+    backbone: Optional[str] = typer.Option(
+        None, help="backbone size, tiny or paper, to pair with the profile's data (e.g. --profile paper --backbone tiny) "
+        "[default: the profile's]"
+    ),
+    data_root: Optional[str] = typer.Option(
+        None, help="paper profile: folder of the real datasets (VL-T5 layout) [default: $VLBENCH_DATA_ROOT]"
+    ),
+    features: Optional[str] = typer.Option(
+        None, help="paper profile: the CLIP feature store [default: <data root>/features/<CLIP model>]"
+    ),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: image-text-<profile>]"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
@@ -113,6 +123,9 @@ def sweep_image_text(
             n_test=n_test,
             options=parse_options(option),
             preset=preset,
+            backbone=backbone,
+            data_root=data_root,
+            features=features,
         )
         configs = expand(request)
         if dry_run:
