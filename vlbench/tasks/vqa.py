@@ -230,7 +230,9 @@ def official_answers(root: Path, records: list[tuple[str, dict]]) -> dict[int, t
     for where, record in records:
         match = COCO_IMAGE.fullmatch(record["img_id"])
         if match is None:
-            raise UserError(f"{where}: img_id {record['img_id']!r} is not a COCO image id like COCO_val2014_000000123456")
+            raise UserError(
+                f"{where}: img_id {record['img_id']!r} is not a COCO image id like COCO_val2014_000000123456"
+            )
         by_subset.setdefault(match.group(1), []).append((where, record, int(match.group(2))))
     official = {}
     for subset, asked in sorted(by_subset.items()):
