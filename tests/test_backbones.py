@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -98,19 +99,21 @@ def test_failed_pretraining_leaves_no_cache(tmp_path, monkeypatch):
     assert list((tmp_path / "backbones").iterdir()) == []
 
 
-def test_unavailable_backbones_are_user_errors(tmp_path):
-    with pytest.raises(UserError):
+def test_unavailable_backbones_are_user_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("VLBENCH_BART_WEIGHTS", raising=False)
+    with pytest.raises(UserError, match="set VLBENCH_BART_WEIGHTS"):
         load_backbones("paper", tmp_path)
     with pytest.raises(UserError):
         load_backbones("huge", tmp_path)
 
 
 def test_paper_lm_parameter_count():
-    bare = BartForConditionalGeneration(BartConfig(**BART_BASE))
-    assert sum(p.numel() for p in bare.parameters()) == 139_420_416  # tied lm_head counted once
-    add_vis_rows(bare, 200)
-    assert sum(p.numel() for p in bare.parameters()) == 139_420_416 + 200 * 768
-    lm = build_lm_from_config(BACKBONES["paper"])
+    with torch.device("meta"):  # shapes only: random init of BART-base costs seconds
+        bare = BartForConditionalGeneration(BartConfig(**BART_BASE))
+        assert sum(p.numel() for p in bare.parameters()) == 139_420_416  # tied lm_head counted once
+        add_vis_rows(bare, 200)
+        assert sum(p.numel() for p in bare.parameters()) == 139_420_416 + 200 * 768
+        lm = build_lm_from_config(BACKBONES["paper"])
     assert sum(p.numel() for p in lm.parameters()) == 139_420_416 + 200 * 768
     assert lm.lm_head.weight is lm.get_input_embeddings().weight
 
@@ -137,3 +140,135 @@ def test_feature_cache(tiny, tmp_path):
     assert torch.equal(cached[ids], table[ids])
     with pytest.raises(ValueError, match="lacks 1"):
         image_features(tiny, ids + ["img9"], bank.__getitem__, tmp_path, "unit")
+
+
+# ---- the paper profiles' language model, from a local save_pretrained folder --------------------
+
+
+def trained_tokenizer(lm_type: str):
+    """A BART (byte-level BPE) or T5 (unigram, no <s>) tokenizer trained in a moment on the suite's text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BartTokenizer, T5Tokenizer
+
+    sentences = text_corpus(50, 0)
+    if lm_type == "bart":
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        bpe.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet,
+                                                               special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+        model = json.loads(bpe.to_str())["model"]
+        return BartTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]])
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(sentences, trainers.UnigramTrainer(vocab_size=150, unk_token="<unk>",
+                                                                  special_tokens=["<pad>", "</s>", "<unk>"]))
+    return T5Tokenizer(vocab=[tuple(v) for v in json.loads(unigram.to_str())["model"]["vocab"]], extra_ids=10)
+
+
+SMALL_LM = {
+    "bart": dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256),
+    # T5's table is longer than its tokenizer (t5-base: 32128 rows, 32100 tokens)
+    "t5": dict(d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2, decoder_start_token_id=0),
+}
+
+
+@pytest.fixture(scope="module")
+def lm_folders(tmp_path_factory):
+    """lm type -> (save_pretrained folder of a random small LM + tokenizer, its state dict, tokenizer length)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    folders = {}
+    for lm_type, (config_class, model_class) in {"bart": (BartConfig, BartForConditionalGeneration),
+                                                 "t5": (T5Config, T5ForConditionalGeneration)}.items():
+        tokenizer = trained_tokenizer(lm_type)
+        vocab_size = len(tokenizer) + (5 if lm_type == "t5" else 0)
+        torch.manual_seed(0)
+        lm = model_class(config_class(vocab_size=vocab_size, **SMALL_LM[lm_type]))
+        folder = tmp_path_factory.mktemp(f"{lm_type}-base")
+        lm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[lm_type] = (folder, state(lm), len(tokenizer))
+    return folders
+
+
+@pytest.mark.parametrize("name", ["paper", "paper-t5", "paper-video"])
+def test_paper_lm_loads_from_a_local_folder(name, lm_folders, tmp_path, monkeypatch):
+    from vlbench.config import RunConfig
+    from vlbench.sweep import build_model
+
+    spec = BACKBONES[name]
+    folder, saved, n_tokens = lm_folders[spec.lm_type]
+    monkeypatch.setenv(backbones_mod.LM_WEIGHTS_ENV[spec.lm_type], str(folder))
+    loaded = load_backbones(name, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing cached: the folder is the source
+
+    # every weight as saved; the embedding table grew by the 200 vis rows after the model's vocabulary
+    got = state(loaded.lm)
+    assert got.keys() == saved.keys()
+    for key, value in saved.items():
+        if got[key].shape != value.shape:  # embeddings, lm_head, BART's final_logits_bias
+            dim = [a == b for a, b in zip(got[key].shape, value.shape)].index(False)
+            assert got[key].shape[dim] == value.shape[dim] + 200, key
+            assert torch.equal(got[key].narrow(dim, 0, value.shape[dim]), value), key
+        else:
+            assert torch.equal(got[key], value), key
+    vocab_size = saved["shared.weight" if spec.lm_type == "t5" else "model.shared.weight"].shape[0]
+    assert loaded.lm.get_input_embeddings().num_embeddings == loaded.lm.config.vocab_size == vocab_size + 200
+    assert all(p.dtype == torch.float32 for p in loaded.lm.parameters()) and not loaded.lm.training
+    tok = loaded.tokenizer
+    assert len(tok) == n_tokens + 200
+    assert tok.convert_tokens_to_ids("<vis_extra_id_199>") == n_tokens + 199
+
+    # what training on precomputed features needs, as the sweep builds a run's model
+    feat_dim = 512 if name == "paper-video" else 2048
+    assert (loaded.feat_dim, loaded.spec.n_vis_tokens, loaded.vision) == (feat_dim, 200, None)
+    cfg = RunConfig(profile="paper", backbone=name, pool_size=6, method="adapter", sharing="single", hidden_dim=4)
+    model = build_model(cfg, loaded)
+    text = tok(["vqa: what color is the circle?", "gqa: is there a red square?"], padding=True, return_tensors="pt")
+    labels = tok(["red", "yes"], padding=True, return_tensors="pt").input_ids
+    batch = {
+        "input_ids": text.input_ids,
+        "attention_mask": text.attention_mask,
+        "feats": torch.randn(2, 1, 49, feat_dim),
+        "labels": labels.masked_fill(labels == tok.pad_token_id, -100),
+        "weights": torch.ones(2),
+    }
+    model.router.task = "vqa"
+    loss = model.loss(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.visual_embedding.feat_embedding[0].weight.grad is not None
+    assert model.generate(batch, num_beams=1, max_new_tokens=3).shape[0] == 2
+
+
+def test_paper_lm_folder_problems_are_one_line_errors(lm_folders, tmp_path):
+    import shutil
+
+    bart, _, _ = lm_folders["bart"]
+
+    def error(source, name="paper"):
+        with pytest.raises(UserError) as info:
+            load_backbones(name, tmp_path, lm_weights=source)
+        message = str(info.value)
+        assert "\n" not in message
+        return message
+
+    assert "no such folder" in error(tmp_path / "nowhere")
+    assert "no such folder, and cannot load it as a hub name" in error("vlbench-tests/no-such-model")  # offline
+    assert "holds a bart model; backbone 'paper-t5' needs t5" in error(bart, "paper-t5")
+    for missing, expected in [("config.json", "no config.json"), ("model.safetensors", "no model weights"),
+                              ("tokenizer.json", "no tokenizer files")]:
+        broken = tmp_path / f"no-{missing}"
+        shutil.copytree(bart, broken)
+        (broken / missing).unlink()
+        if missing == "tokenizer.json":
+            (broken / "tokenizer_config.json").unlink()
+        message = error(broken)
+        assert message.startswith(str(broken)) and expected in message, message
+    truncated = tmp_path / "truncated"
+    shutil.copytree(bart, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert error(truncated).startswith(f"{truncated}: cannot load the model and tokenizer in this folder")

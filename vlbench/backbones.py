@@ -1,9 +1,11 @@
 """Backbones: the frozen CLIP vision tower, the language model (BART or T5) and their shared tokenizer.
 
 Two profiles, each with a BART and a T5 spec:
-- `paper`, `paper-t5`: CLIP RN101 + BART-base / T5-base, as in VL-Adapter. No pretrained weights
-  exist offline, so for now only the architectures can be built (random init), which is what
-  parameter accounting needs.
+- `paper`, `paper-t5` (and `paper-video`): CLIP RN101 (video: ViT-B/32 frame embeddings) + BART-base
+  / T5-base, as in VL-Adapter. The language model and its tokenizer are read with `from_pretrained`
+  from a local folder the user names (`lm_weights`, else $VLBENCH_BART_WEIGHTS / $VLBENCH_T5_WEIGHTS);
+  CLIP is not loaded, its features are precomputed (`vlbench features extract`). Parameter
+  accounting needs neither: it builds the architectures from their configs.
 - `tiny`, `tiny-t5`: a tiny CLIP ModifiedResNet and a tiny BART / T5, pretrained here on the
   synthetic scene suite (CLIP contrastively on image-caption pairs, the LM by denoising) once, then
   cached on disk. Both use the same word-level tokenizer, so T5 targets also read `<s> ... </s>`.
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -39,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers.utils import logging as hf_logging
 from transformers import (
+    AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     PreTrainedModel,
@@ -207,7 +211,7 @@ class Backbones:
     spec: BackboneSpec
     tokenizer: PreTrainedTokenizerFast
     lm: PreTrainedModel  # BartForConditionalGeneration | T5ForConditionalGeneration
-    vision: nn.Module  # frozen GridEncoder in eval mode
+    vision: nn.Module | None  # frozen GridEncoder in eval mode; None where features are precomputed (paper)
     feat_dim: int
     grid_size: int
     image_size: int
@@ -311,15 +315,20 @@ def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
     vocab_size = text_vocab_size(spec) if spec.pretrain else None
-    lm = build_lm_from_config(spec, vocab_size)
-    if spec.clip.get("features") == "image_embedding":  # video frames: CLIP's pooled, projected embedding
-        return lm, open_clip.get_model_config(spec.clip["name"])["embed_dim"]
+    return build_lm_from_config(spec, vocab_size), vision_shape(spec)[0]
+
+
+def vision_shape(spec: BackboneSpec) -> tuple[int, int, int]:
+    """(feature size, grid side, input image size) of the CLIP features of `spec`, from configs alone."""
     if "name" in spec.clip:
-        vision_cfg = open_clip.get_model_config(spec.clip["name"])["vision_cfg"]
+        config = open_clip.get_model_config(spec.clip["name"])
+        vision_cfg = config["vision_cfg"]
+        if spec.clip.get("features") == "image_embedding":  # video frames: CLIP's pooled, projected embedding
+            return config["embed_dim"], 1, vision_cfg["image_size"]
     else:
         vision_cfg = spec.clip["vision_cfg"]
-    # ModifiedResNet: layer4 has 8 * width bottleneck channels, expanded 4x
-    return lm, vision_cfg["width"] * 32
+    # ModifiedResNet: layer4 has 8 * width bottleneck channels, expanded 4x, on a grid of the image / 32
+    return vision_cfg["width"] * 32, vision_cfg["image_size"] // 32, vision_cfg["image_size"]
 
 
 def _lm(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:
@@ -339,18 +348,18 @@ def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_backbones(name: str | BackboneSpec, cache_dir: Path, progress=None) -> Backbones:
-    """The backbones named `name` (or a BackboneSpec), pretraining and caching them on first use."""
+def load_backbones(
+    name: str | BackboneSpec, cache_dir: Path, progress=None, lm_weights: str | Path | None = None
+) -> Backbones:
+    """The backbones named `name` (or a BackboneSpec). Tiny: pretrained and cached on first use.
+    Paper: the pretrained LM and tokenizer from `lm_weights`, else from the folder (or hub name) in
+    the LM family's environment variable (LM_WEIGHTS_ENV)."""
     spec = name if isinstance(name, BackboneSpec) else BACKBONES.get(name)
     if spec is None:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if not spec.pretrain:
-        raise UserError(
-            f"backbone {spec.name!r} needs pretrained weights ({spec.clip.get('name')} CLIP, {spec.lm.get('hub')}) "
-            "and its tokenizer, which cannot be loaded yet (local weight folders come with the real-data work); "
-            "`vlbench params` and `--dry-run` work without them"
-        )
     hf_logging.disable_progress_bar()  # transformers' tqdm bars would break vlbench's rich progress display
+    if not spec.pretrain:
+        return _load_pretrained_lm(spec, lm_weights or os.environ.get(LM_WEIGHTS_ENV[spec.lm_type]))
     folder = Path(cache_dir) / "backbones" / f"{spec.name}-{spec.key()}"
     if not folder.exists():
         _pretrain_into(spec, folder, progress)
@@ -374,6 +383,91 @@ def _load_cached(spec: BackboneSpec, folder: Path) -> Backbones:
         image_size=image_size,
         meta=json.loads((folder / "meta.json").read_text()),
     )
+
+
+# where the paper profiles' language model is, per LM family: a save_pretrained folder of the model
+# and its tokenizer (or a hub name, which from_pretrained reads through the Hugging Face cache)
+LM_WEIGHTS_ENV = {"bart": "VLBENCH_BART_WEIGHTS", "t5": "VLBENCH_T5_WEIGHTS"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "facebook/bart-base", "t5-base"
+
+
+def _load_pretrained_lm(spec: BackboneSpec, source: str | Path | None) -> Backbones:
+    """The pretrained LM and tokenizer of a paper spec from `source`, with the visual tokens added."""
+    env, hub = LM_WEIGHTS_ENV[spec.lm_type], spec.lm["hub"]
+    if source is None:
+        raise UserError(
+            f"backbone {spec.name!r} needs the pretrained {hub} and its tokenizer: set {env} to a folder saved with "
+            f"save_pretrained (model and tokenizer), or to the hub name {hub} to use the Hugging Face cache; "
+            "`vlbench params` and `--dry-run` work without it"
+        )
+    if Path(source).exists():
+        _check_lm_folder(Path(source), spec)
+        problem = "cannot load the model and tokenizer in this folder"
+    elif HUB_NAME.fullmatch(str(source)):
+        problem = "no such folder, and cannot load it as a hub name"
+    else:
+        raise UserError(f"{source}: no such folder (from {env} or the lm_weights argument)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm, info = LM_CLASSES[spec.lm_type][1].from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    except Exception as e:  # anything a broken folder or an uncached hub name raises, as one line
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{source}: {problem} ({type(e).__name__}: {reason})") from e
+    # a checkpoint of another model loads with warnings and random weights: refuse instead
+    parameters = dict(lm.named_parameters())  # tied weights once, under their first name
+    missing = [k for k in info["missing_keys"] if k in parameters]
+    if missing:
+        raise UserError(f"{source}: the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); is it {hub}?")
+    if "<vis_extra_id_0>" in tokenizer.get_vocab():
+        raise UserError(f"{source}: the tokenizer already has <vis_extra_id_k> tokens; give the plain {hub} folder")
+    if len(tokenizer) > lm.config.vocab_size:
+        raise UserError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens, more than the model's {lm.config.vocab_size} "
+            "embedding rows: tokenizer and weights come from different models"
+        )
+    differs = [f"{k}={getattr(lm.config, k, None)}" for k, v in spec.lm.items() if k != "hub" and getattr(lm.config, k, None) != v]
+    if differs:
+        log.warning("%s is not %s (%s): parameter counts will differ from the paper's", source, hub, ", ".join(differs))
+    # The vis rows follow the model's vocabulary, where the VL model reads them (counted from the end).
+    # T5-base's table has 28 rows more than its tokenizer, so there the tokenizer's ids of the vis
+    # tokens are not their rows; nothing looks them up through the tokenizer.
+    tokenizer.add_tokens([f"<vis_extra_id_{k}>" for k in range(spec.n_vis_tokens)], special_tokens=True)
+    add_vis_rows(lm, spec.n_vis_tokens)
+    feat_dim, grid_size, image_size = vision_shape(spec)
+    return Backbones(
+        spec=spec,
+        tokenizer=tokenizer,
+        lm=lm.eval(),
+        vision=None,
+        feat_dim=feat_dim,
+        grid_size=grid_size,
+        image_size=image_size,
+        meta={"lm_weights": str(source)},
+    )
+
+
+def _check_lm_folder(folder: Path, spec: BackboneSpec) -> None:
+    """The usual ways a weight folder is wrong, each named, before transformers tries to read it."""
+    hub = spec.lm["hub"]
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder (expected a save_pretrained folder of {hub} and its tokenizer)")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: no config.json (expected a save_pretrained folder of {hub} and its tokenizer)")
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        raise UserError(f"{folder / 'config.json'}: not a JSON object (a transformers model config)") from None
+    if model_type != spec.lm_type:
+        raise UserError(f"{folder}: holds a {model_type} model; backbone {spec.name!r} needs {spec.lm_type} ({hub})")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{folder}: no model weights (model.safetensors or pytorch_model.bin)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"{folder}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt, or spiece.model): "
+            "save the tokenizer into the same folder"
+        )
 
 
 def _pretrain_into(spec: BackboneSpec, folder: Path, progress) -> None:
