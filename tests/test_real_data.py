@@ -7,8 +7,10 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import FAST_BACKBONE
@@ -158,7 +160,8 @@ def real_data(root, **caps) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A data root in the real layout, with tiny-CLIP features of every image at the default location."""
+    """A data root in the real layout, with random tiny-CLIP-shaped features (16 x 256) of every image at the
+    default location."""
     root = tmp_path_factory.mktemp("data")
     write_files(root, FILES)
     write_features(root / "features" / "tiny", build_suite(real_data(root), ALL).image_ids())
@@ -481,7 +484,25 @@ def sweep(root, *args):
     return CliRunner().invoke(app, command, catch_exceptions=False)
 
 
-def test_tiny_real_format_training_run(workdir, root):
+def write_images(folder, image_ids) -> None:
+    """Random photographs named by image id, PNG and JPEG of assorted sizes, one subfolder per dataset."""
+    rng = np.random.default_rng(0)
+    for k, image_id in enumerate(image_ids):
+        subfolder = folder / ("COCO" if image_id.startswith("COCO") else "nlvr" if "-img" in image_id else "GQA")
+        subfolder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (48 + 8 * k, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(subfolder / f"{image_id}.{'jpg' if k % 2 else 'png'}")
+
+
+def test_tiny_real_format_training_run(workdir, tmp_path):
+    """Image files -> `vlbench features extract --model tiny` into the default store -> a paper-profile run."""
+    root = tmp_path / "data"
+    write_files(root, FILES)
+    write_images(root / "images", build_suite(real_data(root), ALL).image_ids())
+    extract = ["features", "extract", "--images", str(root / "images"), "--out", str(root / "features" / "tiny"),
+               "--model", "tiny"]
+    result = CliRunner().invoke(app, extract, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
     result = sweep(root)
     assert result.exit_code == 0, result.output
     store = Store(Store.default_url(workdir / "runs"))
