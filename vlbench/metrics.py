@@ -8,6 +8,7 @@ Caption metrics call pycocoevalcap's Cider (CIDEr-D) and Bleu on PTB-tokenized t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -65,9 +66,10 @@ PUNCTUATION = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_"
 
 def process_punctuation(text: str) -> str:
     out = text
+    comma_in_number = COMMA_STRIP.search(text) is not None  # the script searches again for every mark
     for p in PUNCTUATION:
         # the test looks at the *input* text; any "digit,digit" anywhere deletes every mark
-        if (p + " " in text or " " + p in text) or COMMA_STRIP.search(text) is not None:
+        if (p + " " in text or " " + p in text) or comma_in_number:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
@@ -79,6 +81,12 @@ def process_digit_article(text: str) -> str:
     words = [MANUAL_MAP.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def normalise_answer(text: str) -> str:
+    """Both normalisation steps in the script's order; cached, as annotators' answers repeat a lot."""
+    return process_digit_article(process_punctuation(text))
 
 
 def _strip(text: str) -> str:
@@ -96,12 +104,10 @@ def vqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
     gt_answers = [_strip(a) for a in gt_answers]
     prediction = _strip(prediction)
     if len(set(gt_answers)) > 1:
-        gt_answers = [process_digit_article(process_punctuation(a)) for a in gt_answers]
-        prediction = process_digit_article(process_punctuation(prediction))
-    accuracies = []
-    for left_out in range(len(gt_answers)):
-        matches = sum(a == prediction for i, a in enumerate(gt_answers) if i != left_out)
-        accuracies.append(min(1.0, matches / 3))
+        gt_answers = [normalise_answer(a) for a in gt_answers]
+        prediction = normalise_answer(prediction)
+    hits = [a == prediction for a in gt_answers]
+    accuracies = [min(1.0, (sum(hits) - hit) / 3) for hit in hits]  # matches among the other answers
     return sum(accuracies) / len(accuracies)
 
 
