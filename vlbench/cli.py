@@ -18,6 +18,8 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Run a grid of training jobs 
 app.add_typer(sweep_app, name="sweep")
 features_app = typer.Typer(no_args_is_help=True, help="CLIP grid features of image files, in a feature store.")
 app.add_typer(features_app, name="features")
+eval_app = typer.Typer(no_args_is_help=True, help="Score prediction files with the official metrics.")
+app.add_typer(eval_app, name="eval")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -261,3 +263,63 @@ def features_extract(
         f"{summary.extracted} images extracted, {summary.already} already in {out} "
         f"({summary.images} found) in {summary.seconds:.1f}s"
     )
+
+
+@eval_app.command("vqa")
+def eval_vqa(
+    predictions: Path = typer.Option(..., help='results file: [{"question_id": int, "answer": str}, ...]'),
+    annotations: Path = typer.Option(..., help="official annotations, e.g. v2_mscoco_val2014_annotations.json"),
+    questions: Optional[Path] = typer.Option(
+        None, help="score only these questions: an official questions file or a list of records with question_id "
+        "(e.g. VL-T5's karpathy_test.json); without it, every annotated question"
+    ),
+    as_json: bool = typer.Option(False, "--json", help='print {"overall", "perAnswerType", "questions"} as JSON'),
+):
+    """VQA accuracy as the official vqaEval.py computes and prints it; every question scored needs one prediction."""
+    import json
+
+    from rich.progress import Progress
+
+    from vlbench.evaluate import evaluate_vqa
+
+    try:
+        with Progress(console=err_console, transient=True) as progress:
+            scores = evaluate_vqa(predictions, annotations, questions, progress)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(scores, indent=2))
+        return
+    print(f"Overall Accuracy is: {scores['overall']:.02f}\n")
+    print("Per Answer Type Accuracy is the following:")
+    for answer_type, accuracy in scores["perAnswerType"].items():
+        print(f"{answer_type} : {accuracy:.02f}")
+    print(f"\n({scores['questions']} questions)")
+
+
+@eval_app.command("caption")
+def eval_caption(
+    predictions: Path = typer.Option(..., help='results file: [{"image_id": int, "caption": str}, ...]'),
+    references: Path = typer.Option(
+        ..., help="COCO captions format (captions_val2014.json) or Karpathy's dataset_coco.json (image id = cocoid)"
+    ),
+    split: Optional[str] = typer.Option(None, help="Karpathy dataset_coco.json only: the split scored (test when not given)"),
+    tokenizer: str = typer.Option("auto", help="auto (PTB when java is on PATH, else simple), ptb, or simple (pure Python)"),
+    as_json: bool = typer.Option(False, "--json", help='print {"CIDEr", "BLEU-4", "tokenizer", "images"} as JSON (unscaled)'),
+):
+    """CIDEr-D and BLEU-4 as the COCO caption evaluation (pycocoevalcap) computes them, over the whole set."""
+    import json
+
+    from vlbench.evaluate import TOKENIZERS, evaluate_captions
+
+    try:
+        with err_console.status("scoring captions"):
+            scores = evaluate_captions(predictions, references, split, tokenizer)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(scores, indent=2))
+        return
+    print(f"CIDEr: {100 * scores['CIDEr']:.2f}")
+    print(f"BLEU-4: {100 * scores['BLEU-4']:.2f}")
+    print(f"\n({scores['images']} images, x100, {TOKENIZERS[scores['tokenizer']]})")
