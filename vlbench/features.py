@@ -325,7 +325,7 @@ def load_encoder(
             raise UserError("--weights/--random-weights: --model tiny is vlbench's own pretrained tiny CLIP, it takes neither")
         backbones = load_backbones("tiny", cache_dir, progress)
         label = f"vlbench tiny backbones {backbones.spec.key()}"
-        identity = _identity("tiny", backbones.vision, backbones.image_size)
+        identity = encoder_identity("tiny", backbones.vision, backbones.image_size)
         return ImageEncoder(backbones.vision, backbones.image_size, identity, label)
 
     config = open_clip.get_model_config(model)
@@ -353,10 +353,10 @@ def load_encoder(
             raise UserError(f"--weights: cannot load {weights} into open_clip {model}: {e}") from None
         label = str(Path(weights).resolve()) if Path(weights).is_file() else f"open_clip {model} {weights}"
     vision = GridEncoder(clip.visual).eval().requires_grad_(False)
-    return ImageEncoder(vision, clip.visual.image_size, _identity(model, vision, clip.visual.image_size), label)
+    return ImageEncoder(vision, clip.visual.image_size, encoder_identity(model, vision, clip.visual.image_size), label)
 
 
-def _identity(model: str, vision: nn.Module, image_size: int) -> dict:
+def encoder_identity(model: str, vision: nn.Module, image_size: int) -> dict:
     # a digest of the weights themselves: the same weights from a file or a tag resume the same store
     digest = hashlib.sha256()
     for name, tensor in sorted(vision.state_dict().items()):
@@ -399,7 +399,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as e:  # PIL: not an image, truncated, unsupported
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL: not an image, truncated, unsupported, huge
         raise UserError(f"cannot read image {path} ({e}); fix or remove it and run again (finished images are kept)") from None
     return preprocess_images([rgb], size)
 
