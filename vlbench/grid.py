@@ -84,7 +84,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
         for sharing in sharings:
             for hidden_dim in dims:
                 method.validate(sharing, hidden_dim, sized.d_model, options)
-                lr = req.lr or profile.learning_rate(name, sharing)
+                lr = req.lr or profile.learning_rate(name, sharing, req.suite)
                 optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
                 for seed in req.seeds:
                     cfg = RunConfig(
@@ -137,6 +137,10 @@ def data_config(req: GridRequest, profile: Profile, backbone: str) -> DataConfig
     root = req.data_root or os.environ.get(DATA_ROOT_ENV) or None
     if root is None:  # enough for --dry-run; a sweep stops before training, naming --data-root
         return data
+    if req.suite == "video-text":  # VALUE's frame features come with the data, under the data root
+        if req.features is not None:
+            raise UserError("--features: video-text reads its frame features from the data root (video/vis_features)")
+        return dataclasses.replace(data, root=str(Path(root).resolve()))
     features = req.features or default_features(root, backbone)
     # absolute, so a config (and its key) names the same files from any working directory
     return dataclasses.replace(data, root=str(Path(root).resolve()), features=str(Path(features).resolve()))

@@ -1,6 +1,8 @@
 """The image-text tasks (VQA, GQA, NLVR2, COCO captions) and the suites built from them.
 
     TASKS[name] -> Task                      (see vlbench.tasks.base for the Task interface)
+    VIDEO_TASKS[name] -> Task                the video-text tasks (TVQA, How2QA, TVC, YC2C; vlbench.tasks.video);
+                                             ALL_TASKS holds both
     build_suite(data, task_names) -> Suite   suite.examples[task][split], suite.bank, suite.image_ids()
 
 The suite is synthetic (`data.source == "synthetic"`, rendered from a seed) or real (`"real"`): the
@@ -28,19 +30,27 @@ from vlbench.config import DataConfig, UserError
 from vlbench.tasks.base import Example, Task
 from vlbench.tasks.caption import CaptionTask
 from vlbench.tasks.gqa import GQATask
+from vlbench.tasks.how2qa import How2QATask
 from vlbench.tasks.nlvr import NLVRTask
 from vlbench.tasks.scenes import SyntheticImageBank
+from vlbench.tasks.tvc import TVCTask
+from vlbench.tasks.tvqa import TVQATask
+from vlbench.tasks.video import SyntheticClipBank
 from vlbench.tasks.vqa import VQATask
+from vlbench.tasks.yc2c import YC2CTask
 
 TASKS: dict[str, Task] = {task.name: task for task in (VQATask(), GQATask(), NLVRTask(), CaptionTask())}
+VIDEO_TASKS: dict[str, Task] = {task.name: task for task in (TVQATask(), How2QATask(), TVCTask(), YC2CTask())}
+ALL_TASKS: dict[str, Task] = {**TASKS, **VIDEO_TASKS}
 SPLITS = ("train", "val", "test")
 
-__all__ = ["TASKS", "SPLITS", "Example", "Task", "Suite", "build_suite"]
+__all__ = ["TASKS", "VIDEO_TASKS", "ALL_TASKS", "SPLITS", "Example", "Task", "Suite", "build_suite"]
 
 
 @dataclass
 class Suite:
-    bank: SyntheticImageBank | None  # synthetic: shared by all tasks, every image id in one task and split
+    # synthetic: shared by all tasks, every image (video: clip) id in one task and split
+    bank: SyntheticImageBank | SyntheticClipBank | None
     examples: dict[str, dict[str, list[Example]]]  # task -> split -> examples
 
     def fingerprint(self) -> str:
@@ -56,12 +66,15 @@ class Suite:
 def build_suite(data: DataConfig, task_names, progress=None) -> Suite:
     """The suite for `task_names`: synthetic (deterministic in `data.seed`, images render lazily) or
     real (every file read and checked now, so a bad one stops the sweep before any training)."""
-    unknown = [t for t in task_names if t not in TASKS]
+    unknown = [t for t in task_names if t not in ALL_TASKS]
     if unknown:
-        raise UserError(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {unknown[0]!r}; known: {', '.join(ALL_TASKS)}")
+    video = [t in VIDEO_TASKS for t in task_names]
+    if any(video) and not all(video):
+        raise UserError(f"tasks {', '.join(task_names)}: a suite is either image-text or video-text")
     if data.source == "synthetic":
-        bank = SyntheticImageBank(data.image_size)
-        examples = {t: {split: TASKS[t].synthetic(data, split, bank) for split in SPLITS} for t in task_names}
+        bank = (SyntheticClipBank if any(video) else SyntheticImageBank)(data.image_size)
+        examples = {t: {split: ALL_TASKS[t].synthetic(data, split, bank) for split in SPLITS} for t in task_names}
         return Suite(bank, examples)
     if data.source != "real":
         raise UserError(f"unknown data source {data.source!r} (synthetic or real)")
@@ -76,7 +89,7 @@ def build_suite(data: DataConfig, task_names, progress=None) -> Suite:
         examples[t] = {}
         for split in SPLITS:
             limit = getattr(data, f"n_{split}")
-            examples[t][split] = TASKS[t].load(root, split)[:limit]
+            examples[t][split] = ALL_TASKS[t].load(root, split)[:limit]
             if bar is not None:
                 progress.advance(bar)
     return Suite(None, examples)
