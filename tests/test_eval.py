@@ -265,3 +265,16 @@ def test_caption_bad_inputs_are_one_line_errors(tmp_path):
     assert_one_line_error([*args, good, "--references", references, "--split", "val"], "not in the 'val' split")
     assert_one_line_error(["eval", "caption", "--tokenizer", "nltk", "--predictions", good, "--references", coco],
                           "--tokenizer")
+
+
+def test_caption_without_java_uses_and_names_the_pure_python_tokenizer(tmp_path, monkeypatch):
+    references = write(tmp_path / "captions.json", {"annotations": [{"image_id": 1, "caption": "A dog, running."},
+                                                                     {"image_id": 2, "caption": "a cat"}]})
+    results = write(tmp_path / "results.json", [{"image_id": 1, "caption": "a dog running"},
+                                                {"image_id": 2, "caption": "a cat"}])
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no java on PATH
+    assert evaluate_captions(results, references)["tokenizer"] == "simple"
+    result = runner.invoke(app, ["eval", "caption", "--predictions", results, "--references", references])
+    assert result.exit_code == 0 and "pure-Python tokenizer" in result.stdout
+    assert_one_line_error(["eval", "caption", "--tokenizer", "ptb", "--predictions", results, "--references", references],
+                          "--tokenizer: ptb needs java")
