@@ -89,3 +89,22 @@ def assert_gradients_reach_only(model: VLModel, modules: str, task: str) -> None
 @pytest.fixture
 def vl_model():
     return tiny_vl_model()
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_cache):
+    """A fresh project folder whose runs/cache is shared across tests, with quick backbones and no
+    VLBENCH_DATA_ROOT from the developer's environment."""
+    from vlbench import backbones
+
+    monkeypatch.setitem(backbones.BACKBONES, "tiny", FAST_BACKBONE)
+    monkeypatch.delenv("VLBENCH_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cache").symlink_to(shared_cache)
+    return tmp_path

@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FAST_BACKBONE
-from vlbench import backbones
 from vlbench.cli import app
 from vlbench.config import DataConfig, RunConfig, UserError
 from vlbench.features import write_shard
@@ -395,7 +393,7 @@ MALFORMED = {
     "nine annotators": (
         edit(ANNOTATIONS, nine_annotators),
         ANNOTATIONS,
-        "annotation 0: expected 10 annotator answers, got 9",
+        "annotations[0]: expected 10 annotator answers, got 9",
     ),
     "unknown karpathy split": (
         edit("COCO/dataset_coco.json", lambda d: {**d, "images": [{**d["images"][0], "split": "dev"}]}),
@@ -460,22 +458,6 @@ def test_existing_keys_are_unchanged():
 
 
 # ---- through the CLI ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, cache):
-    """A fresh project folder whose runs/cache is shared by this module's tests, with quick backbones."""
-    monkeypatch.setitem(backbones.BACKBONES, "tiny", FAST_BACKBONE)
-    monkeypatch.delenv("VLBENCH_DATA_ROOT", raising=False)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "cache").symlink_to(cache)
-    return tmp_path
 
 
 def sweep(root, *args):

@@ -18,13 +18,13 @@ that do not say exactly which questions or images are being scored:
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlbench.config import UserError
 from vlbench.metrics import caption_scores, vqa_accuracy, vqa_official_accuracy
 from vlbench.tasks.base import field, json_type, read_json
+from vlbench.tasks.vqa import VQAAnnotation, read_annotations
 
 TOKENIZERS = {
     "ptb": "PTB tokenizer (Stanford CoreNLP, Java)",
@@ -90,39 +90,7 @@ def check_coverage(predicted: dict, expected: list, path: Path, key: str, source
 # ---- VQA ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class VQAQuestion:
-    answers: list[str]  # the annotators' answers, as written
-    answer_type: str
-
-
-def read_vqa_annotations(path: Path) -> dict[int, VQAQuestion]:
-    """An official v2_mscoco_*_annotations.json -> question_id -> answers and type, in file order."""
-    data = read_json(path)
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise UserError(f"{path}: should be an object with an 'annotations' list (the official VQA annotation format)")
-    annotations = non_empty_list(data["annotations"], f"{path}: annotations", "questions")
-    placed = [(f"annotations[{i}]", a) for i, a in enumerate(annotations)]
-    questions = {}
-    for qid, (location, ann) in zip(unique_ids(path, placed, "question_id"), placed):
-        where = f"{path}: {location}"
-        answers = non_empty_list(get(ann, "answers", "a list", where), f"{where}: answers", "answers")
-        texts = [get(a, "answer", "a string", f"{where}: answers[{k}]") for k, a in enumerate(answers)]
-        # the script leaves out one answer record at a time by comparing whole records, so identical
-        # records (no distinct answer_id) would all be left out together: refuse rather than differ
-        answer_ids = [repr(a.get("answer_id")) for a in answers]
-        if len(set(answer_ids)) < len(answers):
-            for k in range(len(answers)):
-                if answers[k] in answers[:k]:
-                    raise UserError(
-                        f"{where}: answers[{k}] repeats an earlier answer record exactly "
-                        "(the official files give each answer a distinct answer_id)"
-                    )
-        questions[qid] = VQAQuestion(texts, get(ann, "answer_type", "a string", where))
-    return questions
-
-
-def read_question_ids(path: Path, annotations: dict[int, VQAQuestion], annotations_path: Path) -> set[int]:
+def read_question_ids(path: Path, annotations: dict[int, VQAAnnotation], annotations_path: Path) -> set[int]:
     """The question ids of an official questions file ({"questions": [...]}) or of a list of records
     with "question_id" (the VL-T5 / VL-Adapter split files, e.g. karpathy_test.json)."""
     data = read_json(path)
@@ -144,7 +112,7 @@ def evaluate_vqa(predictions: Path, annotations: Path, questions: Path | None = 
     """VQA accuracy as the official vqaEval.py reports it (x100, 2 decimals), overall and per answer
     type, and the number of questions scored."""
     predictions, annotations = Path(predictions), Path(annotations)
-    gold = read_vqa_annotations(annotations)
+    gold = read_annotations(annotations)  # checked and in file order, as vlbench.tasks.vqa reads it
     ids, source = list(gold), str(annotations)  # file order: the order in which the script sums
     if questions is not None:
         wanted = read_question_ids(Path(questions), gold, annotations)

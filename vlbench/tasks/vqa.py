@@ -17,11 +17,21 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlbench.config import DataConfig, UserError
 from vlbench.metrics import vqa_accuracy, vqa_score_summary
-from vlbench.tasks.base import Example, Task, check_unique, field, json_type, read_json, read_records, soft_label
+from vlbench.tasks.base import (
+    Example,
+    Task,
+    check_unique,
+    field,
+    json_type,
+    read_json,
+    read_records,
+    soft_label,
+)
 from vlbench.tasks.scenes import (
     COLORS,
     KINDS,
@@ -242,29 +252,52 @@ def official_answers(root: Path, records: list[tuple[str, dict]]) -> dict[int, t
             question_id = record["question_id"]
             if question_id not in annotations:
                 raise UserError(f"{path}: no annotation for question_id {question_id} ({where})")
-            answers, answer_type, annotated_image = annotations[question_id]
-            if annotated_image != image_id:
+            annotation = annotations[question_id]
+            if annotation.image_id != image_id:
                 raise UserError(
-                    f"{path}: question_id {question_id} is annotated for image {annotated_image}, "
+                    f"{path}: question_id {question_id} is annotated for image {annotation.image_id}, "
                     f"but {where} has img_id {record['img_id']!r}"
                 )
-            official[question_id] = (answers, answer_type)
+            official[question_id] = (annotation.answers, annotation.answer_type)
     return official
 
 
-def read_annotations(path: Path) -> dict[int, tuple[tuple[str, ...], str, int]]:
-    """An official VQAv2 annotation file: question_id -> (10 answers, answer_type, COCO image id)."""
+@dataclass(frozen=True)
+class VQAAnnotation:
+    """One question of an official VQAv2 annotation file."""
+
+    answers: tuple[str, ...]  # the 10 annotator answers, as written
+    answer_type: str  # yes/no | number | other
+    image_id: int  # the COCO image id
+
+
+def read_annotations(path: Path) -> dict[int, VQAAnnotation]:
+    """An official v2_mscoco_*_annotations.json -> question_id -> its annotation, in file order.
+
+    Every entry is checked (one UserError naming the file and the entry): a unique integer
+    question_id, exactly 10 answer records each with a string `answer` and none repeating an
+    earlier one exactly, a string answer_type and an integer image_id."""
+    path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected the official VQA annotation object, got {json_type(data)}")
+        raise UserError(
+            f"{path}: should be an object with an 'annotations' list (the official VQA annotation format), "
+            f"got {json_type(data)}"
+        )
     entries = field(str(path), data, "annotations", "a list")
     if not entries:
-        raise UserError(f"{path}: no annotations")
-    annotations = {}
+        raise UserError(f"{path}: no annotations (an empty 'annotations' list)")
+    annotations: dict[int, VQAAnnotation] = {}
+    seen: dict[int, str] = {}  # question_id -> where it first appears
     for j, entry in enumerate(entries):
-        where = f"{path}: annotation {j}"
+        location = f"annotations[{j}]"
+        where = f"{path}: {location}"
         if not isinstance(entry, dict):
             raise UserError(f"{where} should be an object, got {json_type(entry)}")
+        question_id = field(where, entry, "question_id", "an integer")
+        if question_id in seen:
+            raise UserError(f"{where}: question_id {question_id} appears twice (also in {seen[question_id]})")
+        seen[question_id] = location
         answers = field(where, entry, "answers", "a list")
         if len(answers) != N_ANNOTATORS:
             raise UserError(f"{where}: expected {N_ANNOTATORS} annotator answers, got {len(answers)}")
@@ -273,8 +306,16 @@ def read_annotations(path: Path) -> dict[int, tuple[tuple[str, ...], str, int]]:
             if not isinstance(answer, dict):
                 raise UserError(f"{where}: answers[{k}] should be an object, got {json_type(answer)}")
             texts.append(field(f"{where}: answers[{k}]", answer, "answer", "a string"))
-        question_id = field(where, entry, "question_id", "an integer")
-        annotations[question_id] = (
+        # the official script leaves out one answer record at a time by comparing whole records, so
+        # identical records (no distinct answer_id) would all be left out together: refuse them
+        if len({repr(a.get("answer_id")) for a in answers}) < len(answers):
+            for k in range(1, len(answers)):
+                if answers[k] in answers[:k]:
+                    raise UserError(
+                        f"{where}: answers[{k}] repeats an earlier answer record exactly "
+                        "(the official files give each answer a distinct answer_id)"
+                    )
+        annotations[question_id] = VQAAnnotation(
             tuple(texts),
             field(where, entry, "answer_type", "a string"),
             field(where, entry, "image_id", "an integer"),
