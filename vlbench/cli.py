@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -100,17 +101,35 @@ def sweep_image_text(
     features: Optional[str] = typer.Option(
         None, help="paper profile: the CLIP feature store [default: <data root>/features/<CLIP model>]"
     ),
-    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: image-text-<profile>]"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: <suite>-<profile>]"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
 ):
     """Train every job of a method x sharing x hidden-dim x seed grid on the image-text tasks."""
+    sweep_suite("image-text", **locals())  # locals(): this command's options, nothing else is defined yet
+
+
+@sweep_app.command(
+    "video-text",
+    help="Train every job of a method x sharing x hidden-dim x seed grid on the video-text tasks (TVQA, How2QA, "
+    "TVC, YC2C; the paper's Table 4).",
+)
+@functools.wraps(sweep_image_text)  # the same options
+def sweep_video_text(**options):
+    sweep_suite("video-text", **options)
+
+
+def sweep_suite(
+    suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, batch_size, n_train, n_val,
+    n_test, option, backbone, data_root, features, sweep_name, db, dry_run,
+) -> None:
+    """Expand the sweep options into one suite's jobs and run them (or list them with --dry-run)."""
     from vlbench.grid import GridRequest, expand
     from vlbench.sweep import plan_table, run_sweep
 
     try:
         request = GridRequest(
-            suite="image-text",
+            suite=suite,
             profile=profile,
             lm=lm,
             methods=csv_list(methods, "--methods"),
@@ -135,7 +154,7 @@ def sweep_image_text(
             return
         store = open_store(db)
         command = shlex.join(["vlbench", *sys.argv[1:]])
-        summary = run_sweep(configs, store, sweep_name or f"image-text-{profile}", command, RUNS_DIR, console)
+        summary = run_sweep(configs, store, sweep_name or f"{suite}-{profile}", command, RUNS_DIR, console)
     except UserError as e:
         fail(str(e))
     console.print(

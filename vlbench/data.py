@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import torch
 
 from vlbench.tasks.base import Example, Task
+from vlbench.tasks.video import FrameFeatures
 
 
 @dataclass
 class TaskData:
     task: Task
     tokenizer: object  # transformers.PreTrainedTokenizerFast
-    features: object  # vlbench.features.FeatureTable: image ids -> (n, T, F)
+    features: object  # vlbench.features.FeatureTable: image ids -> (n, T, F), or video FrameFeatures
     examples: dict[str, list[Example]]  # split -> examples
     train_items: list[Example] = field(init=False)
     choice_ids: list[int] = field(init=False)  # first target token of each fixed answer ("choice" decoding)
@@ -42,8 +43,13 @@ class TaskData:
     def inputs(self, examples: list[Example], device) -> dict[str, torch.Tensor]:
         ids = [self._input_ids[ex.uid] for ex in examples]
         input_ids, attention_mask = pad([torch.tensor(x) for x in ids], self.tokenizer.pad_token_id)
-        feats = torch.stack([self.features[list(ex.image_ids)] for ex in examples])  # (B, n_img, T, F)
-        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "feats": feats.to(device)}
+        batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        if isinstance(self.features, FrameFeatures):  # video: (B, T, F) frames, padding masked out
+            feats, frame_mask = self.features.clips([ex.image_ids[0] for ex in examples])
+            batch["feats"], batch["frame_mask"] = feats.to(device), frame_mask.to(device)
+        else:  # (B, n_img, T, F)
+            batch["feats"] = torch.stack([self.features[list(ex.image_ids)] for ex in examples]).to(device)
+        return batch
 
     def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
         """Decode one batch as the task says: greedy, beam search, or a choice between fixed answers."""

@@ -180,17 +180,38 @@ class VLModel(nn.Module):
         obj_order = torch.arange(per_image, device=feats.device).repeat(n_img).expand(b, -1)
         return tokens, img_order, obj_order
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feats: torch.Tensor):
+    def frame_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, F) video frame features -> one token per frame: image order 0, object order = frame index."""
+        b, t, _ = feats.shape
+        if t > self.n_vis_tokens:  # frame k is <vis_extra_id_k>: beyond the added rows it would read word rows
+            raise ValueError(f"{t} frames per clip but the LM has only {self.n_vis_tokens} visual token rows")
+        frame_order = torch.arange(t, device=feats.device).expand(b, -1)
+        return feats, torch.zeros_like(frame_order), frame_order
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        feats: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+    ):
         """Encoder pass: [prefix; embedded text; visual] -> the LM's encoder stack.
 
+        Images: `feats` (B, n_images, T, F) grids, pooled by `visual_tokens`. Video: `feats` (B, T, F)
+        frames, one token each, and `frame_mask` (B, T), 0 on the padding of clips shorter than T.
         Visual tokens are added after the text embedding (BART: after `layernorm_embedding`) and get
         no position embedding, as in VL-T5; a method's prefix (prompt tokens) goes in front of the text.
         """
         text = self.layout.embed_text(input_ids)
-        vis_feats, img_order, obj_order = self.visual_tokens(feats)
+        if frame_mask is None:
+            vis_feats, img_order, obj_order = self.visual_tokens(feats)
+            vis_mask = attention_mask.new_ones(vis_feats.shape[:2])
+        else:
+            vis_feats, img_order, obj_order = self.frame_tokens(feats)
+            vis_mask = frame_mask.to(attention_mask.dtype)
         vis = self.visual_embedding(vis_feats, img_order, obj_order)
         parts = [text, vis]
-        masks = [attention_mask, attention_mask.new_ones(vis.shape[:2])]
+        masks = [attention_mask, vis_mask]
         if self.encoder_prefix is not None:
             prefix = self.encoder_prefix(input_ids.shape[0])
             parts.insert(0, prefix)
@@ -199,9 +220,13 @@ class VLModel(nn.Module):
         hidden = self.layout.encoder_stack(torch.cat(parts, 1), mask)
         return BaseModelOutput(last_hidden_state=hidden), mask
 
+    def encode_batch(self, batch: dict[str, torch.Tensor]):
+        """`encode` on a batch; video batches carry a "frame_mask"."""
+        return self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"], batch.get("frame_mask"))
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token CE averaged per example, weighted per example (VQA soft score), averaged over the batch."""
-        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        enc, mask = self.encode_batch(batch)
         labels = batch["labels"]
         decoder_input_ids = shift_right(labels, self.lm.config.pad_token_id, self.lm.config.decoder_start_token_id)
         logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
@@ -212,7 +237,7 @@ class VLModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], num_beams: int, max_new_tokens: int) -> torch.Tensor:
-        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        enc, mask = self.encode_batch(batch)
         return self.lm.generate(
             encoder_outputs=enc,
             attention_mask=mask,
@@ -228,7 +253,7 @@ class VLModel(nn.Module):
 
         Targets read `<s> answer </s>`, so the decoder input is [decoder start, <s>] for both LMs
         (BART starts from `</s>`, T5 from `<pad>`)."""
-        enc, mask = self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"])
+        enc, mask = self.encode_batch(batch)
         cfg = self.lm.config
         n = batch["input_ids"].shape[0]
         start = torch.tensor([cfg.decoder_start_token_id, cfg.bos_token_id], device=mask.device).expand(n, -1)

@@ -34,7 +34,8 @@ from vlbench.methods import build_vl_model
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
 from vlbench.store import Store
-from vlbench.tasks import TASKS, Suite, build_suite
+from vlbench.tasks import ALL_TASKS, Suite, build_suite
+from vlbench.tasks.video_resources import video_resources
 
 TEXT_ONLY = "text-only"  # the method name under which the text-only prior is stored
 
@@ -102,6 +103,8 @@ def run_sweep(
 
 
 def build_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Resources:
+    if cfg.suite == "video-text":  # clips: frame embeddings, subtitles in the text
+        return Resources(*video_resources(cfg, cache_dir, progress))
     if cfg.data.source == "real":
         return build_real_resources(cfg, cache_dir, progress)
     backbones = load_backbones(cfg.backbone, cache_dir, progress=progress)
@@ -174,7 +177,7 @@ def run_one(
     counts = count_parameters(model)
     store.record_params(run_id, owner, counts.trainable, counts.total, counts.convention, counts.components)
     data = {
-        t: TaskData(TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t]) for t in cfg.tasks
+        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t]) for t in cfg.tasks
     }
     steps_bar = progress.add_task(f"  {cfg.label()}", total=None)
     if torch.cuda.is_available():
@@ -224,7 +227,7 @@ def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, own
     """Score the best answer that ignores the image (the most frequent training answer per question)."""
     scores = {}
     for t in cfg.tasks:
-        task, examples = TASKS[t], res.suite.examples[t]
+        task, examples = ALL_TASKS[t], res.suite.examples[t]
         predictions = task.text_only_predictions(examples["train"], examples["test"])
         scores[t] = task.score(examples["test"], predictions)
     store.record_metrics(run_id, owner, "test", 0, scores)

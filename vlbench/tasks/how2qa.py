@@ -3,10 +3,11 @@
 Real data: VALUE's `video/ann/how2qa/how2qa_{train,val,test_public}_release.jsonl` (records as TVQA's,
 four candidates), the subtitles `video/ann/how2_subtitles.jsonl`, the frames `video/vis_features/how2/clip-vit/`.
 
-Synthetic: a narrator names an event ("narrator: look, something comes in."), the question asks which
-shape it was, and the candidates are the clip's shapes and shapes not in it, shuffled. Every shape of
-a clip does something different, so the frames alone leave two or three answers open and the text
-alone all four (chance: 1 in 4).
+Synthetic: a narrator says which colour to look out for ("narrator: look out for the red one."), the
+question asks what shape it was, and the candidates are the three shapes and "none of them", always
+in the same order. The shapes of a clip have different colours; the answer is drawn uniformly (for
+"none of them" the narrator names a colour no shape has), so the text alone is at chance (1 in 4)
+and the frames, without the subtitle, do not say which shape is meant.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import random
 
 from vlbench.config import DataConfig
 from vlbench.tasks.base import Example
-from vlbench.tasks.scenes import KINDS
-from vlbench.tasks.video import EVENTS, SyntheticClipBank, VideoQATask, distinct_events, qa_text, random_clip
+from vlbench.tasks.scenes import COLORS, SHAPES
+from vlbench.tasks.video import EVENTS, SyntheticClipBank, VideoQATask, qa_text, random_clip
+
+ANSWERS = ("a circle", "a square", "a triangle", "none of them")
 
 
 class How2QATask(VideoQATask):
@@ -35,13 +38,15 @@ class How2QATask(VideoQATask):
         rng = random.Random(f"how2qa-{split}-{data.seed}")
         examples = []
         for i in range(getattr(data, f"n_{split}")):
-            clip = random_clip(rng, distinct_events(rng, rng.choice(list(EVENTS)), rng.randint(2, 3)))
+            answer = rng.randrange(len(ANSWERS))
+            colors = rng.sample(list(COLORS), 4)  # the looked-for colour first; a clip's shapes differ in colour
+            n = rng.randint(2, 3)
+            if answer < len(SHAPES):  # the looked-for shape first, then others of other colours
+                kinds = [(colors[0], SHAPES[answer])] + [(c, rng.choice(SHAPES)) for c in colors[1:n]]
+            else:  # no shape of the looked-for colour
+                kinds = [(c, rng.choice(SHAPES)) for c in colors[1 : n + 1]]
+            clip = random_clip(rng, [rng.choice(EVENTS) for _ in kinds], kinds=kinds)
             clip_id = bank.add(f"how2qa-{split}-clip{i:05d}", clip)
-            asked = clip.tracks[0]
-            in_clip = [(t.color, t.shape) for t in clip.tracks]
-            others = rng.sample([k for k in KINDS if k not in in_clip], self.n_choices - len(in_clip))
-            choices = [f"the {color} {shape}" for color, shape in in_clip + others]
-            rng.shuffle(choices)
-            text = qa_text([f"narrator: look, something {asked.event}."], "which shape was it?", clip.ts, choices)
-            examples.append(self.example(f"how2qa-{split}-{i:05d}", clip_id, text, choices.index(asked.phrase)))
+            text = qa_text([f"narrator: look out for the {colors[0]} one."], "what shape was it?", clip.ts, ANSWERS)
+            examples.append(self.example(f"how2qa-{split}-{i:05d}", clip_id, text, answer))
         return examples

@@ -4,9 +4,9 @@ Real data: VALUE's `video/ann/tvc/tvc_{train,val,test}_release.jsonl` (one recor
 `ts`, `clip_id`, `descs`), the subtitles `video/ann/tv_subtitles.jsonl`, the frames
 `video/vis_features/tv/clip-vit/` (shared with TVQA).
 
-Synthetic: one shape comes in, goes out or moves while one or two others stay; the subtitles tell who
-owns each shape; the caption says whose shape did what ("tom's red circle comes in"). Training clips
-have 2 references, val and test clips 4, as in TVC.
+Synthetic: one shape comes in, goes out, comes and goes, or goes and comes back while one or two
+others stay; the subtitles tell who owns each shape; the caption says whose shape did what ("tom's
+red circle comes in"). Training clips have 2 references, val and test clips 4, as in TVC.
 """
 
 from __future__ import annotations
@@ -15,9 +15,15 @@ import random
 
 from vlbench.config import DataConfig
 from vlbench.tasks.base import Example
-from vlbench.tasks.video import SyntheticClipBank, VideoCaptionTask, caption_text, owner_lines, random_clip
+from vlbench.tasks.video import (
+    SyntheticClipBank,
+    VideoCaptionTask,
+    caption_text,
+    owner_lines,
+    random_clip,
+)
 
-MOMENTS = ("comes in", "goes out", "moves left", "moves right")
+MOMENTS = ("comes in", "goes out", "comes and goes", "goes and comes back")
 
 
 class TVCTask(VideoCaptionTask):

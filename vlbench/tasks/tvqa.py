@@ -3,10 +3,11 @@
 Real data: VALUE's `video/ann/tvqa/tvqa_{train,val,test_public}.jsonl` (the paper reports test-public),
 the subtitles `video/ann/tv_subtitles.jsonl`, the frames `video/vis_features/tv/clip-vit/` (shared with TVC).
 
-Synthetic: the subtitles tell who owns each shape ("tom: the red circle is mine."), the question asks
-what one owner's shape did ("what did tom's shape do?"), and the candidates are the five events, in a
-random order. The asked shape's event is drawn uniformly and the other shapes do other things, so
-the text alone is at chance (1 in 5): the subtitles say which shape to watch, the frames what it did.
+Synthetic: two or three people each own a shape of a different form, and say which in the subtitles
+("tom: my shape is the circle."); the question asks the colour of one person's shape; the candidates
+are five colours, always in the same order. The asked colour is drawn uniformly, so the text alone is
+at chance (1 in 5): the subtitles say which shape to look for, the frames (some of them: shapes come
+and go) show its colour.
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ import random
 
 from vlbench.config import DataConfig
 from vlbench.tasks.base import Example
-from vlbench.tasks.video import (
-    EVENTS,
-    SyntheticClipBank,
-    VideoQATask,
-    distinct_events,
-    owner_lines,
-    qa_text,
-    random_clip,
-)
+from vlbench.tasks.scenes import COLORS, SHAPES
+from vlbench.tasks.video import EVENTS, NAMES, SyntheticClipBank, VideoQATask, qa_text, random_clip
+
+ANSWERS = ("red", "green", "blue", "yellow", "purple")
 
 
 class TVQATask(VideoQATask):
@@ -42,13 +38,14 @@ class TVQATask(VideoQATask):
         rng = random.Random(f"tvqa-{split}-{data.seed}")
         examples = []
         for i in range(getattr(data, f"n_{split}")):
-            clip = random_clip(rng, distinct_events(rng, rng.choice(list(EVENTS)), rng.randint(2, 3)))
+            answer = rng.randrange(len(ANSWERS))
+            shapes = rng.sample(SHAPES, rng.randint(2, 3))
+            kinds = [(ANSWERS[answer], shapes[0])] + [(rng.choice(list(COLORS)), shape) for shape in shapes[1:]]
+            clip = random_clip(rng, [rng.choice(EVENTS) for _ in kinds], kinds=kinds)
             clip_id = bank.add(f"tvqa-{split}-clip{i:05d}", clip)
-            lines, owners = owner_lines(rng, clip)
-            asked = clip.tracks[0]
-            choices = [f"it {past}" for past in EVENTS.values()]
-            rng.shuffle(choices)
-            text = qa_text(lines, f"what did {owners[asked]}'s shape do?", clip.ts, choices)
-            answer = choices.index(f"it {EVENTS[asked.event]}")
+            owners = rng.sample(NAMES, len(shapes))
+            lines = [f"{name}: my shape is the {shape}." for name, shape in zip(owners, shapes)]
+            rng.shuffle(lines)
+            text = qa_text(lines, f"what color was {owners[0]}'s shape?", clip.ts, ANSWERS)
             examples.append(self.example(f"tvqa-{split}-{i:05d}", clip_id, text, answer))
         return examples

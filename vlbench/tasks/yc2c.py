@@ -14,7 +14,14 @@ import random
 
 from vlbench.config import DataConfig
 from vlbench.tasks.base import Example
-from vlbench.tasks.video import CLIP_FRAMES, INGREDIENTS, SyntheticClipBank, VideoCaptionTask, caption_text, random_clip
+from vlbench.tasks.video import (
+    CLIP_FRAMES,
+    INGREDIENTS,
+    SyntheticClipBank,
+    VideoCaptionTask,
+    caption_text,
+    random_clip,
+)
 
 STEPS = ("comes in", "goes out")
 
