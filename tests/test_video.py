@@ -10,10 +10,12 @@ from conftest import FAST_BACKBONE, FEAT_DIM, random_batch, tiny_vl_model
 from typer.testing import CliRunner
 
 from vlbench import backbones
+from vlbench.backbones import build_tokenizer
 from vlbench.cli import app
 from vlbench.config import VIDEO_TEXT_TASKS, DataConfig, UserError
+from vlbench.data import TaskData
 from vlbench.store import Store
-from vlbench.tasks import VIDEO_TASKS, build_suite
+from vlbench.tasks import VIDEO_TASKS, Example, build_suite
 from vlbench.tasks.scenes import COLORS, SHAPES
 from vlbench.tasks.video import FrameFeatures, NpzFrames, fit_frames
 
@@ -315,6 +317,15 @@ def test_value_loaders(value_root):
     assert feats.shape == (2, 64, 512) and mask.sum(1).tolist() == [64, 5]  # 70 frames pooled to 64
     stored = np.load(value_root / "video/vis_features/tv/clip-vit/grey_s03e12_seg02_clip_17.npz")["features"]
     assert torch.equal(feats[1, :5], torch.from_numpy(stored.astype(np.float32)))
+
+
+def test_long_inputs_are_cut_as_the_reference_cuts_them():
+    tokenizer = build_tokenizer(["word"], n_vis_tokens=0)
+    long = Example("q1", "tvqa", ("v",), "word " * 1000, ("a0",), None, ("a0",))
+    features = FrameFeatures({"v": torch.ones(3, 2)}.__getitem__, feat_dim=2, max_frames=64, name="test")
+    data = TaskData(VIDEO_TASKS["tvqa"], tokenizer, features, {"train": [long], "val": [], "test": []})
+    input_ids = data.inputs([long], "cpu")["input_ids"][0]
+    assert len(input_ids) == 600 and input_ids[-1] == tokenizer.eos_token_id  # the prompt is cut, </s> stays
 
 
 def edit_line(path, change):

@@ -30,7 +30,8 @@ class TaskData:
         # tokenise every input once per run, not once per batch
         all_examples = self.train_items + self.examples["val"] + self.examples["test"]
         texts = [self.task.input_text(ex) for ex in all_examples]
-        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        limit = self.task.max_input_tokens
+        encoded = self.tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]  # with <s> </s>
         self._input_ids = {ex.uid: ids for ex, ids in zip(all_examples, encoded)}
         # tokenised as training tokenises targets ("true" -> "▁true"), checked before any training
         self.choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in self.task.choices]

@@ -49,6 +49,7 @@ class Task:
     choices: tuple[str, ...] = ()
     images_per_example: int = 1
     max_target_tokens: int = 4
+    max_input_tokens: int | None = None  # input ids past this are cut (video: 600, as the reference)
 
     def input_text(self, example: Example) -> str:
         return self.prefix + example.text

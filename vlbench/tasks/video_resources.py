@@ -2,9 +2,11 @@
 
 - Synthetic clips: each frame's CLIP image embedding (the attention-pooled, projected output that
   `encode_image` gives, as the paper's ViT-B/32 frame features are) is computed once with the tiny
-  CLIP and cached like image features (vlbench.features.image_features, one "image" per frame).
-- Real data: VALUE's per-video `.npz` frame features under the data root, read lazily; every
-  video's file is checked to exist, and the first one read, before the backbones load.
+  CLIP (`FrameEncoder`) and cached like image features (vlbench.features.image_features, one
+  "image" per frame).
+- Real data: VALUE's per-video `.npz` frame features under the data root, read lazily (no vision
+  tower needed); every video's file is checked to exist, and the first one read, before the
+  backbones load.
 - The tiny backbones' word-level tokenizer only knows the image-text suite's words, so for video
   their vocabulary grows by the video suite's words: a tokenizer trained on both corpora, and an LM
   whose embedding rows follow it (a known word keeps its pretrained row, a new word gets a fresh one).
@@ -44,11 +46,12 @@ def video_resources(cfg: RunConfig, cache_dir: Path, progress) -> tuple[Backbone
         frames = checked_frames(suite, Path(cfg.data.root))
     base = load_backbones(cfg.backbone, cache_dir, progress=progress)
     max_frames = min(MAX_FRAMES, base.spec.n_vis_tokens)  # frame k is the k-th visual token
-    if cfg.data.source == "real":
+    if cfg.data.source == "real":  # the frames come encoded: no vision tower needed
         backbones = video_backbones(base, frames.feat_dim)
         return backbones, suite, FrameFeatures(frames, frames.feat_dim, max_frames, str(frames.root))
 
-    backbones = video_backbones(base, base.vision.visual.output_dim)
+    encoder = FrameEncoder(base.vision.visual).eval()
+    backbones = dataclasses.replace(video_backbones(base, encoder.visual.output_dim), vision=encoder)
     bank = suite.bank
     frame_ids = [f for clip_id in suite.image_ids() for f in bank.frame_ids(clip_id)]
     table = image_features(backbones, frame_ids, bank.render, cache_dir, suite.fingerprint(), progress=progress)
@@ -80,18 +83,15 @@ def checked_frames(suite: Suite, root: Path) -> NpzFrames:
 
 
 def video_backbones(base: Backbones, feat_dim: int) -> Backbones:
-    """`base` with the frame encoder as its vision tower (its own feature-cache key) and, for a tiny
-    backbone, the video suite's words in its vocabulary."""
+    """`base` for `feat_dim`-d frame features, under its own feature-cache key, and for a tiny
+    backbone with the video suite's words in its vocabulary."""
     tokenizer, lm = base.tokenizer, base.lm
     if base.spec.pretrain:  # a tiny backbone: its tokenizer was trained on the image-text suite only
         tokenizer, lm = grow_vocabulary(base, video_text_corpus())
     spec = dataclasses.replace(
         base.spec, name=f"{base.spec.name}-video", clip={**base.spec.clip, "features": "image_embedding"}
     )
-    vision = FrameEncoder(base.vision.visual).eval()
-    return dataclasses.replace(
-        base, spec=spec, tokenizer=tokenizer, lm=lm, vision=vision, feat_dim=feat_dim, grid_size=1
-    )
+    return dataclasses.replace(base, spec=spec, tokenizer=tokenizer, lm=lm, feat_dim=feat_dim, grid_size=1)
 
 
 def grow_vocabulary(base: Backbones, sentences: list[str]):
