@@ -2,12 +2,11 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import tiny_vl_model
-from vlbench.config import OptimConfig
+
+from vlbench.config import OptimConfig, RunConfig
 from vlbench.engine import build_optimizer, epoch_schedule
 from vlbench.methods import get_method
-from vlbench.config import RunConfig
 
 
 def fake_data(sizes):
@@ -34,7 +33,7 @@ def test_optimizer_decay_groups_and_schedule():
     model = tiny_vl_model()
     get_method("adapter")(RunConfig(method="adapter", sharing="single", hidden_dim=8)).apply(model, ("vqa",))
     optim = OptimConfig(lr=1.0, warmup_ratio=0.1, weight_decay=0.01)
-    optimizer, scheduler = build_optimizer(model, optim, total_steps=100)
+    (optimizer,), (scheduler,) = build_optimizer(model, optim, total_steps=100)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim == 2 for p in decay["params"])  # only matrices decay: no biases, no LayerNorm weights
@@ -47,3 +46,23 @@ def test_optimizer_decay_groups_and_schedule():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10% of steps
     assert lrs[50] == pytest.approx((100 - 50) / 90) and lrs[-1] < 0.02  # then linear decay to 0
+
+
+def test_per_task_batch_sizes_as_the_paper():
+    data = fake_data({"vqa": 1000, "nlvr": 500})
+    schedule = epoch_schedule(data, {"vqa": 500, "nlvr": 166}, epoch=0, seed=0)
+    assert Counter(name for name, _ in schedule) == {"vqa": 2, "nlvr": 4}
+    assert max(len(b) for n, b in schedule if n == "nlvr") == 166
+
+
+def test_paper_profile_batch_sizes_survive_the_store_roundtrip():
+    import json
+
+    from vlbench.grid import GridRequest, expand
+    from vlbench.profiles import get_profile
+
+    cfg = RunConfig(profile="paper", optim=OptimConfig(task_batch_sizes=(("gqa", 833), ("vqa", 500))))
+    back = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.key() == cfg.key() != RunConfig(profile="paper").key()
+    assert expand(GridRequest(methods=("full",)))[0].optim.task_batch_sizes == ()  # tiny: one size
+    assert dict(get_profile("paper").optim.task_batch_sizes) == {"vqa": 500, "gqa": 833, "nlvr": 166, "caption": 416}

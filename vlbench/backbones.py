@@ -271,7 +271,8 @@ def build_tokenizer(sentences: list[str], n_vis_tokens: int) -> PreTrainedTokeni
 def build_clip(spec: BackboneSpec, tokenizer: PreTrainedTokenizerFast | None = None) -> open_clip.CLIP:
     """The CLIP model of `spec`, randomly initialised. A tiny text tower takes our tokenizer's vocab."""
     if "name" in spec.clip:
-        return open_clip.create_model(spec.clip["name"], pretrained=None)
+        # open_clip moves the model to `device` (cpu by default), which fails inside torch.device("meta")
+        return open_clip.create_model(spec.clip["name"], pretrained=None, device=torch.get_default_device())
     text_cfg = dict(
         spec.clip["text_cfg"],
         vocab_size=len(tokenizer),
@@ -300,14 +301,19 @@ def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> Pr
     return build_tokenizer(sentences, spec.n_vis_tokens)
 
 
-_TEXT_VOCAB_SIZES: dict[str, int] = {}  # spec key -> vocabulary size before the vis tokens
+_TINY_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}  # spec key -> its tokenizer
+
+
+def shared_tiny_tokenizer(spec: BackboneSpec) -> PreTrainedTokenizerFast:
+    """The tiny spec's tokenizer, trained once per spec and process (accounting counts many jobs)."""
+    if spec.key() not in _TINY_TOKENIZERS:
+        _TINY_TOKENIZERS[spec.key()] = tiny_tokenizer(spec)
+    return _TINY_TOKENIZERS[spec.key()]
 
 
 def text_vocab_size(spec: BackboneSpec) -> int:
-    """The tiny tokenizer's vocabulary size, trained once per spec and process (accounting counts many jobs)."""
-    if spec.key() not in _TEXT_VOCAB_SIZES:
-        _TEXT_VOCAB_SIZES[spec.key()] = len(tiny_tokenizer(spec)) - spec.n_vis_tokens
-    return _TEXT_VOCAB_SIZES[spec.key()]
+    """The tiny tokenizer's vocabulary size before the vis tokens."""
+    return len(shared_tiny_tokenizer(spec)) - spec.n_vis_tokens
 
 
 def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:

@@ -19,8 +19,10 @@ from vlbench.tasks.video import FrameFeatures
 class TaskData:
     task: Task
     tokenizer: object  # transformers.PreTrainedTokenizerFast
-    features: object  # vlbench.features.FeatureTable: image ids -> (n, T, F), or video FrameFeatures
+    # vlbench.features.FeatureTable: image ids -> (n, T, F), or video FrameFeatures; None when `pixels` is given
+    features: object
     examples: dict[str, list[Example]]  # split -> examples
+    pixels: object = None  # image ids -> (n, 3, S, S), for a model that trains its vision encoder (Table 3)
     train_items: list[Example] = field(init=False)
     choice_ids: list[int] = field(init=False)  # first target token of each fixed answer ("choice" decoding)
     _input_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
@@ -45,7 +47,9 @@ class TaskData:
         ids = [self._input_ids[ex.uid] for ex in examples]
         input_ids, attention_mask = pad([torch.tensor(x) for x in ids], self.tokenizer.pad_token_id)
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-        if isinstance(self.features, FrameFeatures):  # video: (B, T, F) frames, padding masked out
+        if self.pixels is not None:
+            batch["pixels"] = torch.stack([self.pixels[list(ex.image_ids)] for ex in examples]).to(device)
+        elif isinstance(self.features, FrameFeatures):  # video: (B, T, F) frames, padding masked out
             feats, frame_mask = self.features.clips([ex.image_ids[0] for ex in examples])
             batch["feats"], batch["frame_mask"] = feats.to(device), frame_mask.to(device)
         else:  # (B, n_img, T, F)
@@ -62,6 +66,17 @@ class TaskData:
         else:
             out = model.generate(batch, num_beams=1, max_new_tokens=self.task.max_target_tokens + 2)
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+class RenderedPixels:
+    """image ids -> (n, 3, S, S) CLIP-normalised pixels, rendered on demand (a model that trains CLIP needs them)."""
+
+    def __init__(self, render, preprocess):
+        self.render = render  # image id -> uint8 HxWx3
+        self.preprocess = preprocess  # list of images -> normalised tensor
+
+    def __getitem__(self, image_ids: list[str]) -> torch.Tensor:
+        return self.preprocess([self.render(i) for i in image_ids])
 
 
 def pad(seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:

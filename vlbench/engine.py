@@ -35,32 +35,46 @@ class TrainResult:
     val_history: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
 
-def epoch_schedule(data: dict[str, TaskData], batch_size: int, epoch: int, seed: int) -> list[tuple[str, list[int]]]:
+def epoch_schedule(
+    data: dict[str, TaskData], batch_size: int | dict[str, int], epoch: int, seed: int
+) -> list[tuple[str, list[int]]]:
     """One entry per batch of every task's loader, shuffled with the epoch as seed (REFERENCE.md 4),
-    so tasks appear in proportion to their size."""
+    so tasks appear in proportion to their number of batches. `batch_size`: one size, or one per task."""
     entries = []
     for name in sorted(data):
+        size = batch_size[name] if isinstance(batch_size, dict) else batch_size
         order = list(range(len(data[name].train_items)))
         random.Random(f"{seed}-{epoch}-{name}").shuffle(order)
-        entries += [(name, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        entries += [(name, order[i : i + size]) for i in range(0, len(order), size)]
     random.Random(f"{seed}-{epoch}").shuffle(entries)
     return entries
 
 
 def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
-    """AdamW without weight decay on biases and LayerNorm weights; linear warmup then linear decay."""
-    decay, no_decay = [], []
+    """AdamW without weight decay on biases and LayerNorm weights; linear warmup then linear decay.
+
+    A trained vision encoder (Table 3) gets plain SGD at `model.vision_lr` instead, as in the paper.
+    Returns the optimizers and their schedulers (one each without a trained vision encoder)."""
+    vision = {id(p) for p in model.vision.parameters()} if model.vision is not None else set()
+    decay, no_decay, vision_params = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if id(p) in vision:
+            vision_params.append(p)
+            continue
         is_norm = "layer_norm" in name or "layernorm" in name or ".norm" in name or name.endswith("LayerNorm.weight")
         (no_decay if name.endswith("bias") or is_norm or p.ndim == 1 else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr,
-        eps=optim.adam_eps,
-        betas=(0.9, 0.999),
-    )
+    optimizers = [
+        torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim.lr,
+            eps=optim.adam_eps,
+            betas=(0.9, 0.999),
+        )
+    ]
+    if vision_params:
+        optimizers.append(torch.optim.SGD(vision_params, lr=model.vision_lr))
     warmup = max(1, int(optim.warmup_ratio * total_steps))
 
     def lr_factor(step: int) -> float:
@@ -68,7 +82,7 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimizers]
 
 
 @torch.no_grad()
@@ -98,9 +112,10 @@ def train(
     on_step: Callable[[int, int], None] = lambda step, total: None,
 ) -> TrainResult:
     model.to(device)
-    schedules_per_epoch = len(epoch_schedule(data, optim.batch_size, 0, seed))
+    batch_sizes = {name: dict(optim.task_batch_sizes).get(name, optim.batch_size) for name in data}
+    schedules_per_epoch = len(epoch_schedule(data, batch_sizes, 0, seed))
     total_steps = schedules_per_epoch * optim.epochs
-    optimizer, scheduler = build_optimizer(model, optim, total_steps)
+    optimizers, schedulers = build_optimizer(model, optim, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(seed)  # answer sampling for soft-label tasks
     step, samples, train_seconds, eval_seconds = 0, 0, 0.0, 0.0
@@ -108,17 +123,19 @@ def train(
     for epoch in range(optim.epochs):
         model.train()
         started = time.perf_counter()
-        for name, indices in epoch_schedule(data, optim.batch_size, epoch, seed):
+        for name, indices in epoch_schedule(data, batch_sizes, epoch, seed):
             model.router.task = name
             batch = collate_train(data[name], indices, rng, device)
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step} (task {name})")
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            for optimizer, scheduler in zip(optimizers, schedulers):
+                optimizer.step()
+                scheduler.step()
             step += 1
             samples += len(indices)
             on_step(step, total_steps)

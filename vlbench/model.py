@@ -135,9 +135,12 @@ LAYOUTS = {"bart": BartLayout, "t5": T5Layout}
 
 
 class VLModel(nn.Module):
-    def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int):
+    def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int, vision: nn.Module | None = None):
         super().__init__()
         self.lm = lm
+        # the CLIP grid encoder, only when it trains (Table 3); batches then carry "pixels", not "feats"
+        self.vision = vision
+        self.vision_lr: float | None = None
         self.layout = LAYOUTS[lm.config.model_type](lm)
         self.n_vis_tokens = n_vis_tokens
         self.pool_size = pool_size
@@ -168,6 +171,23 @@ class VLModel(nn.Module):
         return [m for m in self.lm.modules() if isinstance(m, self.layout.norm)]
 
     # ---- forward ------------------------------------------------------------------------
+    def visual_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_images, T, F): precomputed, or computed here from (B, n_images, 3, S, S) pixels."""
+        if self.vision is None:
+            return batch["feats"]
+        pixels = batch["pixels"]
+        feats = self.vision(pixels.flatten(0, 1))
+        return feats.unflatten(0, pixels.shape[:2])
+
+    def train(self, mode: bool = True):
+        """A trained CLIP keeps its BatchNorm statistics frozen (batches here are small and task-homogeneous)."""
+        super().train(mode)
+        if self.vision is not None:
+            for m in self.vision.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def visual_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, n_images, T, F) grid features -> pooled tokens (B, n_images * P*P, F) with orders."""
         b, n_img, t, f = feats.shape
@@ -222,7 +242,8 @@ class VLModel(nn.Module):
 
     def encode_batch(self, batch: dict[str, torch.Tensor]):
         """`encode` on a batch; video batches carry a "frame_mask"."""
-        return self.encode(batch["input_ids"], batch["attention_mask"], batch["feats"], batch.get("frame_mask"))
+        feats = self.visual_features(batch)
+        return self.encode(batch["input_ids"], batch["attention_mask"], feats, batch.get("frame_mask"))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token CE averaged per example, weighted per example (VQA soft score), averaged over the batch."""
@@ -249,14 +270,17 @@ class VLModel(nn.Module):
 
     @torch.no_grad()
     def choice_logits(self, batch: dict[str, torch.Tensor], choice_ids: list[int]) -> torch.Tensor:
-        """One decoder step after `<s>`: the logits of each choice's first token (NLVR2 true/false).
+        """One decoder step: the logits of each choice's first token (NLVR2 true/false).
 
-        Targets read `<s> answer </s>`, so the decoder input is [decoder start, <s>] for both LMs
+        Targets read `<s> answer </s>` where the LM has a `<s>` (BART, our tiny T5) and `answer </s>`
+        where it has none (t5-base), so the decoder input is [decoder start] + [<s>] if there is one
         (BART starts from `</s>`, T5 from `<pad>`)."""
         enc, mask = self.encode_batch(batch)
         cfg = self.lm.config
         n = batch["input_ids"].shape[0]
-        start = torch.tensor([cfg.decoder_start_token_id, cfg.bos_token_id], device=mask.device).expand(n, -1)
+        bos = getattr(cfg, "bos_token_id", None)
+        start_ids = [cfg.decoder_start_token_id] + ([bos] if bos is not None else [])
+        start = torch.tensor(start_ids, device=mask.device).expand(n, -1)
         logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
         return logits[:, choice_ids]
 

@@ -3,7 +3,8 @@
 Updated Params (%) = 100 * trainable / all parameters of the VL model, where "all" is the LM
 (tied lm_head once), the added `<vis_extra_id_k>` rows, the visual embedding and the parameters a
 method adds. The vision encoder is not part of the VLModel (its features are precomputed), so it is
-not counted. `named_parameters()` yields a shared tensor once, so shared modules count once.
+not counted -- except in Table 3's runs that train it, where it is part of the model and counted as
+the "vision" component. `named_parameters()` yields a shared tensor once, so shared modules count once.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 from vlbench.config import RunConfig, UserError
 from vlbench.model import VLModel
 
-CONVENTION = "vl-adapter: LM + added vis-token rows + visual embedding + method params; vision encoder excluded"
-COMPONENTS = ("lm", "vis_tokens", "visual_embedding", "method")
+CONVENTION = (
+    "vl-adapter: LM + added vis-token rows + visual embedding + method params; vision encoder excluded unless it trains"
+)
+COMPONENTS = ("lm", "vis_tokens", "visual_embedding", "method", "vision")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def count_parameters(model: VLModel) -> ParamCount:
             add("visual_embedding", p.numel(), p.requires_grad)
         elif name.startswith("method_modules."):
             add("method", p.numel(), p.requires_grad)
+        elif name.startswith("vision."):
+            add("vision", p.numel(), p.requires_grad)
         else:
             add("lm", p.numel(), p.requires_grad)
     trainable = sum(c["trainable"] for c in components.values())
@@ -58,13 +63,22 @@ def count_parameters(model: VLModel) -> ParamCount:
 
 def skeleton_model(cfg: RunConfig) -> VLModel:
     """The job's VL model on meta tensors: every shape, no weights, no data, no network."""
-    from vlbench.backbones import BACKBONES, architecture
-    from vlbench.methods import build_vl_model
+    from vlbench.backbones import (
+        BACKBONES,
+        GridEncoder,
+        architecture,
+        build_clip,
+        shared_tiny_tokenizer,
+    )
+    from vlbench.methods import build_vl_model, trains_vision
 
     spec = BACKBONES[cfg.backbone]
     with torch.device("meta"):
         lm, feat_dim = architecture(spec)
-        return build_vl_model(cfg, lm, feat_dim, spec.n_vis_tokens)
+        vision = None
+        if trains_vision(cfg):  # a tiny CLIP's text tower is sized by its tokenizer
+            vision = GridEncoder(build_clip(spec, None if "name" in spec.clip else shared_tiny_tokenizer(spec)).visual)
+        return build_vl_model(cfg, lm, feat_dim, spec.n_vis_tokens, vision=vision)
 
 
 def count_for_config(cfg: RunConfig) -> ParamCount:

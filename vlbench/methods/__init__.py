@@ -1,5 +1,7 @@
 """Method registry: a new method is one module in this package plus one line here."""
 
+from torch import nn
+
 from vlbench.config import RunConfig, UserError
 from vlbench.methods.ablation import ProjectionAndLayerNorm, ProjectionOnly
 from vlbench.methods.adapter import Adapter
@@ -29,8 +31,21 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def build_vl_model(cfg: RunConfig, lm, feat_dim: int, n_vis_tokens: int) -> VLModel:
-    """The VL model around `lm` with the run's method applied (its modules added, its trainable set chosen)."""
-    model = VLModel(lm, feat_dim, n_vis_tokens, cfg.pool_size)
-    get_method(cfg.method)(cfg).apply(model, cfg.tasks)
+def trains_vision(cfg: RunConfig) -> bool:
+    """Whether the job's model holds the CLIP encoder and trains it (Table 3) instead of reading features."""
+    return get_method(cfg.method)(cfg).trains_vision
+
+
+def build_vl_model(cfg: RunConfig, lm, feat_dim: int, n_vis_tokens: int, vision=None) -> VLModel:
+    """The VL model around `lm` with the run's method applied (its modules added, its trainable set chosen).
+
+    `vision` (the CLIP grid encoder) is needed exactly when `trains_vision(cfg)`."""
+    method = get_method(cfg.method)(cfg)
+    if method.trains_vision != (vision is not None):
+        raise ValueError(f"{cfg.label()}: a vision encoder is {'needed' if method.trains_vision else 'not used'}")
+    visual = getattr(vision, "visual", None)  # a CLIP ModifiedResNet inside the grid encoder
+    if visual is not None and hasattr(visual, "attnpool"):
+        visual.attnpool = nn.Identity()  # the grid path skips attention pooling: neither trained nor counted
+    model = VLModel(lm, feat_dim, n_vis_tokens, cfg.pool_size, vision=vision)
+    method.apply(model, cfg.tasks)
     return model

@@ -1,17 +1,27 @@
 """The paper's Table 5 ablations: which components train when no adapter does.
 
 `proj-only` trains only theta V->L (the visual embedding); `proj-ln` adds every LM LayerNorm.
+`proj-only` with `train_vision` is Table 3's "CLIP fine-tuned + BART frozen".
 """
 
-from vlbench.methods.base import Method, freeze_all_but_visual_embedding, unfreeze_layer_norms
+from vlbench.methods.base import (
+    VISION_OPTIONS,
+    Method,
+    freeze_all_but_visual_embedding,
+    train_vision_encoder,
+    unfreeze_layer_norms,
+)
 from vlbench.model import VLModel
 
 
 class ProjectionOnly(Method):
     name = "proj-only"
+    option_defaults = dict(VISION_OPTIONS)
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
+        if self.trains_vision:
+            train_vision_encoder(model, self.option("vision_lr"))
 
 
 class ProjectionAndLayerNorm(Method):

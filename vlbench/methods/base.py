@@ -46,8 +46,24 @@ class Method:
     def option(self, key: str) -> Any:
         return self.config.options.get(key, self.option_defaults[key])
 
+    @property
+    def trains_vision(self) -> bool:
+        """Whether the CLIP encoder trains with the LM (Table 3): then it is part of the model, fed pixels."""
+        return bool(self.config.options.get("train_vision", False))
+
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         raise NotImplementedError
+
+
+# Table 3: the CLIP encoder trained too, with SGD at its own (much smaller) learning rate, as the paper's
+# footnote 3 (SGD 1e-6 on CLIP, AdamW on the rest). Methods that offer it merge these into option_defaults.
+VISION_OPTIONS = {"train_vision": False, "vision_lr": 1e-6}
+
+
+def train_vision_encoder(model: VLModel, lr: float) -> None:
+    """Table 3: the CLIP encoder inside the model trains too, at its own learning rate."""
+    model.vision.requires_grad_(True)
+    model.vision_lr = lr
 
 
 def freeze_all_but_visual_embedding(model: VLModel) -> None:
