@@ -19,6 +19,8 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Run a grid of training jobs 
 app.add_typer(sweep_app, name="sweep")
 features_app = typer.Typer(no_args_is_help=True, help="CLIP grid features of image files, in a feature store.")
 app.add_typer(features_app, name="features")
+plot_app = typer.Typer(no_args_is_help=True, help="Paper-style figures from the database.")
+app.add_typer(plot_app, name="plot")
 eval_app = typer.Typer(no_args_is_help=True, help="Score prediction files with the official metrics.")
 app.add_typer(eval_app, name="eval")
 console = Console()
@@ -71,15 +73,15 @@ def open_store(db: str | None):
 @sweep_app.command("image-text")
 def sweep_image_text(
     profile: str = typer.Option("tiny", help="tiny (offline, CPU) or paper"),
-    lm: str = typer.Option("bart", help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5)"),
+    lm: Optional[str] = typer.Option(None, help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5) [default: bart]"),
     methods: Optional[str] = typer.Option(
         None,
         help="comma-separated: full, adapter, hyperformer, compacter, lora, prompt, proj-only, proj-ln "
         "[default: full,adapter]",
     ),
     preset: Optional[str] = typer.Option(
-        None, help="a named grid instead of --methods/--sharing: table1 (every Table 1 row), table4 (Table 4's methods), "
-        "table5 (ablations)"
+        None, help="a named grid instead of --methods/--sharing: table1 (every Table 1 row), table2 (CLIP-T5), table3 "
+        "(CLIP/BART trained or frozen, VQA), table4 (Table 4's methods), table5 (ablations), figure4 (hidden-dim sweep)"
     ),
     sharing: Optional[str] = typer.Option(None, help="comma-separated: multiple, half, single [default: per method]"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated bottleneck sizes [default: d_model/8]"),
@@ -238,26 +240,54 @@ def status(
 
 @app.command()
 def report(
-    table: int = typer.Option(1, "--table", help="which paper table (1: multi-task image-text)"),
-    fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json"),
+    table: int = typer.Option(
+        1, "--table", help="the paper's table: 1 image-text, 2 CLIP-T5, 3 CLIP/BART frozen or trained, 4 video-text, "
+        "5 ablation"
+    ),
+    fmt: str = typer.Option("markdown", "--format", help="markdown (rendered in the terminal), latex, csv, json, html"),
+    compare_paper: bool = typer.Option(False, "--compare-paper", help="the paper's numbers beside ours, with the difference"),
+    cost: bool = typer.Option(False, "--cost", help="add training time, samples/s, peak memory and checkpoint size"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
     """Render a paper-style table from the database; also written under reports/."""
-    from vlbench.report import FORMATS, render, table1, write_report
+    from vlbench.report import FORMATS, build_table, render, rich_table, write_report
 
     try:
-        if table != 1:
-            raise UserError(f"--table: table {table} is not available yet (available: 1)")
         if fmt not in FORMATS:
             raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-        text = render(table1(open_store(db), sweep=sweep_name, profile=profile), fmt)
+        result = build_table(
+            open_store(db), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost
+        )
     except UserError as e:
         fail(str(e))
+    text = render(result, fmt)
     path = write_report(text, REPORTS_DIR, f"table{table}", fmt)
-    print(text, end="" if text.endswith("\n") else "\n")
+    if fmt == "markdown" and console.is_terminal:
+        console.print(rich_table(result))
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
     err_console.print(f"[dim]written to {path}[/dim]")
+
+
+@plot_app.command("tradeoff")
+def plot_tradeoff(
+    task: str = typer.Option("avg", help="avg, vqa, gqa, nlvr or caption"),
+    fmt: str = typer.Option("png", "--format", help="png, pdf or svg"),
+    log_x: bool = typer.Option(False, "--log-x", help="log scale for the updated-params axis"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """Figure 4: score vs updated parameters (%) per method family and hidden dim; written under reports/."""
+    from vlbench.plot import write_tradeoff
+
+    try:
+        path = write_tradeoff(open_store(db), REPORTS_DIR, task, fmt, log_x, sweep=sweep_name, profile=profile)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"written to {path}")
 
 
 @features_app.command("extract")

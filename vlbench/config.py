@@ -43,6 +43,9 @@ class OptimConfig:
     epochs: int = 8
     lr: float = 1e-3
     batch_size: int = 32
+    # per-task batch sizes (task, size), sorted; tasks not listed use batch_size (REFERENCE.md 4: the
+    # paper's VQA 500, GQA 833, NLVR2 166, COCO 416, so tasks interleave in proportion to their data)
+    task_batch_sizes: tuple[tuple[str, int], ...] = ()
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 5.0
@@ -80,15 +83,20 @@ class RunConfig:
         d["tasks"] = tuple(d["tasks"])
         d["method_options"] = tuple(sorted(d.get("method_options", {}).items()))
         d["data"] = DataConfig(**d["data"])
-        d["optim"] = OptimConfig(**d["optim"])
+        optim = dict(d["optim"])
+        optim["task_batch_sizes"] = tuple(tuple(pair) for pair in optim.get("task_batch_sizes", ()))
+        d["optim"] = OptimConfig(**optim)
         return cls(**d)
 
     def key(self) -> str:
         """A short stable hash of the canonical JSON of the config."""
         d = self.to_dict()
-        for name in ("root", "features"):  # added later: left out while unset, so earlier keys stay valid
+        # fields added later are left out while unset, so earlier keys stay valid
+        for name in ("root", "features"):
             if d["data"][name] is None:
                 del d["data"][name]
+        if not d["optim"]["task_batch_sizes"]:
+            del d["optim"]["task_batch_sizes"]
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -10,17 +10,40 @@ from typing import Any
 
 from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, DataConfig, RunConfig, UserError
 from vlbench.methods import get_method
-from vlbench.paper import TABLE1, TABLE4
+from vlbench.paper import TABLE1, TABLE2, TABLE3, TABLE4, TABLE5
 from vlbench.profiles import PROFILES, Profile, get_profile
 
 SUITES = {"image-text": IMAGE_TEXT_TASKS, "video-text": VIDEO_TEXT_TASKS}
 DATA_ROOT_ENV = "VLBENCH_DATA_ROOT"  # the real data root when --data-root is not given
 DEFAULT_METHODS = ("full", "adapter")
-# named grids: (method, sharing) rows, hidden dims from --hidden-dims or the profile's defaults
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid: (method, sharing, method options) rows; hidden dims from --hidden-dims, else the
+    preset's for the profile, else the profile's defaults."""
+
+    rows: tuple[tuple[str, str | None, tuple], ...]
+    lm: str | None = None  # the language model the table is about (Table 2: T5)
+    tasks: tuple[str, ...] | None = None  # a subset of the suite's tasks (Table 3: VQA)
+    hidden_dims: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # profile -> dims
+
+
+def paper_rows(table) -> tuple:
+    return tuple((row.method, row.sharing, row.options) for row in table)
+
+
 PRESETS = {
-    "table1": tuple((row.method, row.sharing) for row in TABLE1),
-    "table4": tuple((row.method, row.sharing) for row in TABLE4),
-    "table5": (("proj-only", None), ("proj-ln", None), ("adapter", "single")),
+    "table1": Preset(paper_rows(TABLE1)),
+    "table2": Preset(paper_rows(TABLE2), lm="t5", hidden_dims={"paper": (192,)}),
+    "table3": Preset(paper_rows(TABLE3), tasks=("vqa",)),
+    "table4": Preset(paper_rows(TABLE4)),
+    "table5": Preset(paper_rows(TABLE5)),
+    # Figure 4: accuracy vs updated params of the adapter-like families over their hidden sizes
+    "figure4": Preset(
+        tuple((m, s, ()) for m in ("adapter", "compacter", "lora") for s in ("multiple", "single")),
+        hidden_dims={"tiny": (4, 8, 16, 32), "paper": (24, 48, 96, 192)},
+    ),
 }
 
 
@@ -30,7 +53,7 @@ class GridRequest:
 
     suite: str = "image-text"
     profile: str = "tiny"
-    lm: str = "bart"  # the language model: "bart" | "t5" (the profile maps it to a backbone)
+    lm: str | None = None  # the language model: "bart" (default) | "t5" (the profile maps it to a backbone)
     methods: tuple[str, ...] | None = None  # None: full fine-tuning and Single Adapter
     sharing: tuple[str, ...] | None = None
     hidden_dims: tuple[int, ...] | None = None
@@ -42,6 +65,7 @@ class GridRequest:
     n_val: int | None = None
     n_test: int | None = None
     preset: str | None = None  # a named grid (PRESETS) instead of methods x sharing
+    tasks: tuple[str, ...] | None = None  # None: every task of the suite
     backbone: str | None = None  # backbone size, a profile name (tiny | paper); None: the profile's own
     data_root: str | None = None  # real data: the data root; None: $VLBENCH_DATA_ROOT
     features: str | None = None  # real data: the feature store; None: <data root>/features/<CLIP model>
@@ -55,7 +79,11 @@ def expand(req: GridRequest) -> list[RunConfig]:
         raise UserError(f"suite: unknown suite '{req.suite}' (choose from {', '.join(SUITES)})")
     profile = get_profile(req.profile)
     sized = backbone_profile(req)  # whose backbones, pool size, width and default hidden dims the runs use
-    backbone = sized.backbone(req.suite, req.lm)
+    backbone = sized.backbone(req.suite, req.lm or "bart")
+    tasks = req.tasks or SUITES[req.suite]
+    unknown = [t for t in tasks if t not in SUITES[req.suite]]
+    if unknown:
+        raise UserError(f"--tasks: '{unknown[0]}' is not a {req.suite} task ({', '.join(SUITES[req.suite])})")
     positive("--epochs", req.epochs)
     positive("--lr", req.lr)
     positive("--batch-size", req.batch_size)
@@ -78,6 +106,14 @@ def expand(req: GridRequest) -> list[RunConfig]:
         method = get_method(name)
         # each method gets the options it knows; an option no requested method knows is an error
         options = {k: v for k, v in req.options if k in method.option_defaults}
+        if options.get("train_vision"):
+            if req.suite != "image-text" or data.source != "synthetic":
+                raise UserError(
+                    "--option train_vision: training CLIP needs the images themselves; only the synthetic "
+                    "image-text suite renders them (real data and video are read as precomputed features)"
+                )
+        else:
+            options.pop("vision_lr", None)  # a knob of the CLIP being trained: without one it must not split jobs
         # a method without sharing modes or hidden dim collapses those axes to one job
         sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
         dims = (req.hidden_dims or (sized.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
@@ -86,13 +122,15 @@ def expand(req: GridRequest) -> list[RunConfig]:
                 method.validate(sharing, hidden_dim, sized.d_model, options)
                 lr = req.lr or profile.learning_rate(name, sharing, req.suite)
                 optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
+                if req.batch_size is not None:  # --batch-size is one size for every task
+                    optim = dataclasses.replace(optim, task_batch_sizes=())
                 for seed in req.seeds:
                     cfg = RunConfig(
                         suite=req.suite,
                         profile=profile.name,
                         backbone=backbone,
                         pool_size=sized.pool_size,
-                        tasks=SUITES[req.suite],
+                        tasks=tasks,
                         method=name,
                         sharing=sharing,
                         hidden_dim=hidden_dim,
@@ -110,9 +148,27 @@ def expand_preset(req: GridRequest) -> list[RunConfig]:
         raise UserError(f"--preset: unknown preset '{req.preset}' (choose from {', '.join(PRESETS)})")
     if req.methods is not None or req.sharing is not None:
         raise UserError("--preset: a preset sets the methods and sharing itself; drop --methods/--sharing")
+    preset = PRESETS[req.preset]
+    if preset.lm and req.lm and req.lm != preset.lm:
+        raise UserError(f"--lm: preset {req.preset} is about --lm {preset.lm}, got --lm {req.lm}")
+    if preset.tasks and not set(preset.tasks) <= set(SUITES.get(req.suite, ())):
+        raise UserError(f"--preset: {req.preset} is a preset of another suite than {req.suite}")
+    for key, _ in req.options:
+        if not any(key in get_method(method).option_defaults for method, _, _ in preset.rows):
+            raise UserError(f"--option: no method of preset {req.preset} has an option '{key}'")
     configs: dict[str, RunConfig] = {}
-    for method, sharing in PRESETS[req.preset]:
-        row = dataclasses.replace(req, preset=None, methods=(method,), sharing=(sharing,) if sharing else None)
+    for method, sharing, options in preset.rows:
+        known = {k: v for k, v in req.options if k in get_method(method).option_defaults}
+        row = dataclasses.replace(
+            req,
+            preset=None,
+            methods=(method,),
+            sharing=(sharing,) if sharing else None,
+            lm=req.lm or preset.lm,
+            tasks=req.tasks or preset.tasks,
+            hidden_dims=req.hidden_dims or preset.hidden_dims.get(req.backbone or req.profile),
+            options=tuple(sorted({**known, **dict(options)}.items())),
+        )
         configs.update((cfg.key(), cfg) for cfg in expand(row))
     return list(configs.values())
 

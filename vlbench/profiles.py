@@ -62,7 +62,9 @@ PROFILES = {
         backbones={"image-text": {"bart": "paper", "t5": "paper-t5"}, "video-text": {"bart": "paper-video"}},
         pool_size=6,
         data=DataConfig(source="real", n_train=None, n_val=None, n_test=None, image_size=224),  # every example
-        optim=OptimConfig(epochs=20, batch_size=500),
+        optim=OptimConfig(
+            epochs=20, batch_size=500, task_batch_sizes=(("caption", 416), ("gqa", 833), ("nlvr", 166), ("vqa", 500))
+        ),
         d_model=768,
         lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},
         # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (REFERENCE.md section 2)
