@@ -7,28 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST_BACKBONE
-from vlbench import backbones
 from vlbench.cli import app
 from vlbench.model import VLModel
 from vlbench.store import Store
 
 SMALL = ["--epochs", "1", "--n-train", "24", "--n-val", "8", "--n-test", "8", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_cache):
-    """A fresh project folder whose runs/cache is shared across tests, with quick backbones."""
-    monkeypatch.setitem(backbones.BACKBONES, "tiny", FAST_BACKBONE)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "cache").symlink_to(shared_cache)
-    return tmp_path
 
 
 def invoke(*args):
@@ -133,3 +116,19 @@ def test_rerun_on_cpu_reproduces_metrics(workdir):
     first, second = (Store(f"sqlite:///{db}").test_scores() for db in ("first.db", "second.db"))
     columns = ["method", "task", "name", "value"]
     assert first[columns].sort_values(columns).values.tolist() == second[columns].sort_values(columns).values.tolist()
+
+
+def test_run_claimed_by_another_sweep_is_skipped(workdir, monkeypatch):
+    from vlbench.store import ClaimError
+
+    real_claim = Store.claim_run
+
+    def busy_adapter(self, sweep_id, cfg, provenance, **kw):
+        if cfg.method == "adapter":
+            raise ClaimError(f"run {cfg.label()} is being run by another-host:1:x")
+        return real_claim(self, sweep_id, cfg, provenance, **kw)
+
+    monkeypatch.setattr(Store, "claim_run", busy_adapter)
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "being run by another-host" in result.output and "1 trained" in result.output

@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 
 from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images
 from vlbench.config import UserError
+from vlbench.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -233,12 +234,8 @@ def _visible_files(folder: Path) -> list[Path]:
 
 def write_shard(path: Path, ids: list[str], features: torch.Tensor, metadata: dict[str, str]) -> None:
     """(n, T, F) features as float16, their ids in the metadata; written atomically: readers see no file or a whole one."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        save_file({"features": features.to(torch.float16).contiguous()}, tmp, metadata={"ids": json.dumps(ids), **metadata})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {"features": features.to(torch.float16).contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ids": json.dumps(ids), **metadata}))
 
 
 # ----------------------------------------------------------------------------- the synthetic suite's cache

@@ -8,11 +8,11 @@ parameters and a higher score) is marked.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlbench.config import UserError
+from vlbench.files import atomic_write
 from vlbench.report import TASK_HEADERS, build_table
 from vlbench.store import Store
 
@@ -130,13 +130,7 @@ def plot_tradeoff(data: TradeoffData, path: Path, log_x: bool = False):
         ax.text(1.01, 0.02, "numbers: hidden dim\n(bottleneck / rank)", transform=ax.transAxes, fontsize=8,
                 color="#555555")  # fmt: skip
         label_hidden_dims(fig, ax, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        try:
-            fig.savefig(tmp, dpi=200, format=path.suffix[1:])
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix[1:]))
     return fig
 
 
@@ -190,5 +184,8 @@ def write_tradeoff(
         raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(PLOT_FORMATS)})")
     data = tradeoff_data(store, task, sweep=sweep, profile=profile)
     path = Path(reports_dir) / f"figure4_{task}.{fmt}"
-    plot_tradeoff(data, path, log_x=log_x)
+    fig = plot_tradeoff(data, path, log_x=log_x)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return path

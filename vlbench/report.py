@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, UserError
+from vlbench.files import atomic_write
 from vlbench.paper import TABLE1, TABLE2, TABLE3, TABLE4, TABLE5, PaperRow
 from vlbench.store import RunRecord, Store
 
@@ -43,6 +44,7 @@ ROW_LABELS = {
     ("text-only", None): "Text-only prior (no image)",
 }
 REFERENCE_METHODS = ("text-only",)  # rows shown for reference, never bold
+PAPER_ROW_OPTIONS = ("train_vision",)  # method options that make a different paper row (Table 3)
 TASK_HEADERS = {
     "vqa": "VQA", "gqa": "GQA", "nlvr": "NLVR2", "caption": "COCO Cap.",
     "tvqa": "TVQA", "how2qa": "How2QA", "tvc": "TVC", "yc2c": "YC2C",
@@ -214,9 +216,14 @@ def summarise(spec: TableSpec, runs: list[RunRecord], per_run: dict, cost: bool)
         row["peak_memory_mb"] = mean_or_none([r.peak_memory_mb for r in runs], 0)
         row["checkpoint_mb"] = mean_or_none([r.checkpoint_bytes and r.checkpoint_bytes / 2**20 for r in runs], 3)
     row["group"] = group_of(first.method)
-    row["_key"] = (first.method, first.sharing, tuple(sorted(options.items())))
+    row["_key"] = paper_identity(first.method, first.sharing, options)
     row["_order"] = order_key(spec, first.method, first.sharing, options, first.hidden_dim)
     return row
+
+
+def paper_identity(method: str, sharing: str | None, options: dict) -> tuple:
+    """What pairs a row with the paper's: method, sharing and the options that tell paper rows apart."""
+    return method, sharing, tuple(sorted((k, v) for k, v in options.items() if k in PAPER_ROW_OPTIONS and v))
 
 
 def group_of(method: str) -> str:
@@ -228,7 +235,7 @@ def group_of(method: str) -> str:
 
 def order_key(spec: TableSpec, method: str, sharing: str | None, options: dict, hidden_dim) -> tuple:
     paper_order = [(p.method, p.sharing, p.options) for p in spec.paper]
-    key = (method, sharing, tuple(sorted(options.items())))
+    key = paper_identity(method, sharing, options)
     general = list(ROW_LABELS)
     return (
         paper_order.index(key) if key in paper_order else len(paper_order),
@@ -449,9 +456,4 @@ def rich_table(table: ReportTable):
 
 
 def write_report(text: str, reports_dir: Path, name: str, fmt: str) -> Path:
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / f"{name}.{FORMATS[fmt]}"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write(Path(reports_dir) / f"{name}.{FORMATS[fmt]}", lambda tmp: tmp.write_text(text))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import random
 import socket
@@ -27,13 +26,14 @@ from safetensors.torch import save_file
 
 from vlbench.backbones import Backbones, load_backbones
 from vlbench.config import OptimConfig, RunConfig, UserError
-from vlbench.data import TaskData
+from vlbench.data import RenderedPixels, TaskData
 from vlbench.engine import train
 from vlbench.features import FeatureStore, image_features, open_feature_store
-from vlbench.methods import build_vl_model
+from vlbench.files import atomic_write
+from vlbench.methods import build_vl_model, trains_vision
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
-from vlbench.store import Store
+from vlbench.store import ClaimError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
 
@@ -81,7 +81,14 @@ def run_sweep(
             if group not in resources:
                 resources[group] = build_resources(cfg, runs_dir / "cache", progress)
             run_dir = runs_dir / sweep_name / cfg.key()
-            run_id, owner = store.claim_run(sweep_id, cfg, provenance())
+            try:
+                run_id, owner = store.claim_run(sweep_id, cfg, provenance())
+            except ClaimError as e:  # another sweep finished or is running it meanwhile: not ours to train
+                summary.skipped.append(cfg.label())
+                console.print(f"[dim]skipped: {e}[/dim]")
+                if cfg.method != TEXT_ONLY:
+                    progress.advance(runs_bar)
+                continue
             try:
                 if cfg.method == TEXT_ONLY:
                     run_text_only(cfg, resources[group], store, run_id, owner)
@@ -155,7 +162,8 @@ def check_features(suite: Suite, features: FeatureStore) -> None:
 def build_model(cfg: RunConfig, backbones: Backbones) -> VLModel:
     """A fresh VL model from the (cached) backbones with the run's method applied."""
     seed_everything(cfg.seed)
-    return build_vl_model(cfg, copy.deepcopy(backbones.lm), backbones.feat_dim, backbones.spec.n_vis_tokens)
+    vision = copy.deepcopy(backbones.vision) if trains_vision(cfg) else None
+    return build_vl_model(cfg, copy.deepcopy(backbones.lm), backbones.feat_dim, backbones.spec.n_vis_tokens, vision)
 
 
 def plan_table(configs: list[RunConfig]) -> Table:
@@ -176,8 +184,10 @@ def run_one(
     model = build_model(cfg, res.backbones)
     counts = count_parameters(model)
     store.record_params(run_id, owner, counts.trainable, counts.total, counts.convention, counts.components)
+    # a model that trains CLIP (Table 3) sees the rendered images, not the frozen features
+    pixels = RenderedPixels(res.suite.bank.render, res.backbones.preprocess) if model.vision is not None else None
     data = {
-        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t]) for t in cfg.tasks
+        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t], pixels) for t in cfg.tasks
     }
     steps_bar = progress.add_task(f"  {cfg.label()}", total=None)
     if torch.cuda.is_available():
@@ -236,15 +246,11 @@ def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, own
 
 def write_run_folder(run_dir: Path, cfg: RunConfig, test: dict, model: VLModel) -> None:
     """Resolved config, trainable-only weights and final metrics; each file written atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = run_dir / "trainable.safetensors.tmp"
-    save_file(trainable, str(tmp))
-    os.replace(tmp, run_dir / "trainable.safetensors")
+    atomic_write(run_dir / "trainable.safetensors", lambda tmp: save_file(trainable, str(tmp)))
     for name, obj in (("config.json", cfg.to_dict()), ("metrics.json", {"test": test})):
-        tmp = run_dir / f"{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-        os.replace(tmp, run_dir / name)
+        text = json.dumps(obj, indent=2, sort_keys=True)
+        atomic_write(run_dir / name, lambda tmp: tmp.write_text(text))
 
 
 def seed_everything(seed: int) -> None:
