@@ -92,11 +92,6 @@ class Track:
     def phrase(self) -> str:
         return f"the {self.color} {self.shape}"
 
-    @property
-    def change(self) -> int:
-        """The first frame whose on-screen state differs from the first frame's (len(on) if none)."""
-        return next((k for k, on in enumerate(self.on) if on != self.on[0]), len(self.on))
-
 
 @dataclass(frozen=True)
 class Clip:
@@ -174,14 +169,6 @@ class SyntheticClipBank:
     def render(self, frame_id: str) -> np.ndarray:
         clip_id, k = frame_id.rsplit("/", 1)
         return render(self.clips[clip_id].frame(int(k)), self.image_size)
-
-
-def owner_lines(rng: random.Random, clip: Clip) -> tuple[list[str], dict[Track, str]]:
-    """Subtitles in which each object's owner says it is theirs (random names, random order)."""
-    owners = dict(zip(clip.tracks, rng.sample(NAMES, len(clip.tracks))))
-    lines = [f"{name}: {track.phrase} is mine." for track, name in owners.items()]
-    rng.shuffle(lines)
-    return lines, owners
 
 
 # ---- the model's text input (the reference's format) --------------------------------------------
@@ -273,9 +260,7 @@ class VideoCaptionTask(VideoTask, CaptionTask):
 
 # ---- reading VALUE's files ----------------------------------------------------------------------
 
-WITHHELD = (
-    "VALUE withholds the test labels (leaderboard submission); to score this split here, put a labelled file at this path"
-)
+WITHHELD = "VALUE withholds the test labels (for its leaderboard); to score here, put a labelled file at this path"
 
 
 def read_jsonl(path: Path) -> list[tuple[str, dict]]:
