@@ -44,7 +44,7 @@ def test_points_references_and_frontier(store):
     assert set(series) == {"Single Adapter", "Multiple Adapters", "Single LoRA", "Single Compacter"}
     x, y, std, d = series["Single Adapter"].points[1]
     assert (x, d) == (4.0, 8) and y == pytest.approx(61.0) and std == pytest.approx(1.41, abs=0.01)
-    assert data.references == {"Full fine-tuning": pytest.approx(62.0), "Text-only prior (no image)": pytest.approx(30.0)}
+    assert data.references == {"Full fine-tuning": pytest.approx(62.0), "Text-only prior (no visual input)": pytest.approx(30.0)}
     # compacter 1.0/1.5, then single adapter 2/4/8 dominate everything else
     assert data.frontier == [(1.0, 46.0), (1.5, 49.0), (2.0, 56.0), (4.0, 61.0), (8.0, 62.0)]
 

@@ -60,7 +60,7 @@ def test_table1_values_seeds_and_avg(store):
     table = build_table(store, 1)
     labels = [row["method"] for row in table.rows]
     # the paper's row order, reference row last; T5, Table 3 (VQA only) and ablation runs elsewhere
-    assert labels == ["Full fine-tuning", "Single Adapter", "Single Adapter", "Single LoRA", "Text-only prior (no image)"]
+    assert labels == ["Full fine-tuning", "Single Adapter", "Single Adapter", "Single LoRA", "Text-only prior (no visual input)"]
     full = table.rows[0]
     assert full["seeds"] == 2
     assert full["vqa"] == pytest.approx(61.0) and full["vqa_std"] == pytest.approx(1.41, abs=0.01)  # stdev(60, 62)
@@ -119,7 +119,7 @@ def test_table2_t5_table3_clip_and_table5_ablation(store):
 
     t5 = build_table(store, 5)
     assert [r["method"] for r in t5.rows] == [
-        "θV→L only", "θV→L + LayerNorm", "Single Adapter", "Single Adapter", "Text-only prior (no image)",
+        "θV→L only", "θV→L + LayerNorm", "Single Adapter", "Single Adapter", "Text-only prior (no visual input)",
     ]  # fmt: skip
 
 

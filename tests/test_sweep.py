@@ -42,7 +42,7 @@ def test_sweep_report_and_rerun(workdir, monkeypatch):
     result = invoke("report", "--table", "1", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = {row["method"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {"Full fine-tuning", "Single Adapter", "Text-only prior (no image)"}
+    assert set(rows) == {"Full fine-tuning", "Single Adapter", "Text-only prior (no visual input)"}
     for row in rows.values():
         values = [row[t] for t in ("vqa", "gqa", "nlvr", "caption")]
         assert all(v is not None and math.isfinite(v) for v in values)

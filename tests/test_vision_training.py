@@ -122,7 +122,7 @@ def test_table3_sweep_end_to_end(workdir):
     rows = {r["method"]: r for r in json.loads(result.stdout)}
     assert set(rows) == {
         "CLIP fine-tuned + BART fine-tuned", "CLIP fine-tuned + BART frozen", "CLIP frozen + BART fine-tuned",
-        "CLIP frozen + BART frozen", "Text-only prior (no image)",
+        "CLIP frozen + BART frozen", "Text-only prior (no visual input)",
     }  # fmt: skip
     assert all(0 <= r["vqa"] <= 100 for r in rows.values())
     assert rows["CLIP fine-tuned + BART frozen"]["params_percent"] > rows["CLIP frozen + BART frozen"]["params_percent"]

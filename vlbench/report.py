@@ -41,7 +41,7 @@ ROW_LABELS = {
     ("prompt", "single"): "Single Prompt",
     ("proj-only", None): "θV→L only",
     ("proj-ln", None): "θV→L + LayerNorm",
-    ("text-only", None): "Text-only prior (no image)",
+    ("text-only", None): "Text-only prior (no visual input)",
 }
 REFERENCE_METHODS = ("text-only",)  # rows shown for reference, never bold
 PAPER_ROW_OPTIONS = ("train_vision",)  # method options that make a different paper row (Table 3)
