@@ -68,7 +68,7 @@ def tradeoff_data(store: Store, task: str = "avg", sweep: str | None = None, pro
         # one line per row label without its hidden dim: variants ("[lr=...]") get lines of their own
         series = by_label.setdefault(row["method"], Series(row["method"], method, sharing, []))
         series.points.append((row["params_percent"], score, row.get(f"{task}_std"), row["hidden_dim"]))
-    data.series = [s for s in by_label.values()]
+    data.series = list(by_label.values())
     for s in data.series:
         s.points.sort()
     if not data.series:
@@ -142,6 +142,8 @@ def score_label(task: str) -> str:
 
 def label_hidden_dims(fig, ax, data: TradeoffData) -> None:
     """Each marker's hidden dim, at the first offset where it overlaps no marker and no other label."""
+    from matplotlib.transforms import Bbox
+
     fig.canvas.draw()
     fig.set_layout_engine("none")  # freeze the layout measured here, so the saved labels sit where they were checked
     renderer = fig.canvas.get_renderer()
@@ -150,7 +152,7 @@ def label_hidden_dims(fig, ax, data: TradeoffData) -> None:
     markers = []
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
-        markers.append(matplotlib_bbox(px - radius, py - radius, px + radius, py + radius))
+        markers.append(Bbox.from_extents(px - radius, py - radius, px + radius, py + radius))
     placed = []
     for x, y, d in points:
         for dx, dy in LABEL_OFFSETS:
@@ -163,12 +165,6 @@ def label_hidden_dims(fig, ax, data: TradeoffData) -> None:
             text = ax.annotate(str(d), (x, y), xytext=LABEL_OFFSETS[0], textcoords="offset points", fontsize=8)
             box = text.get_window_extent(renderer)
         placed.append(box)
-
-
-def matplotlib_bbox(x0, y0, x1, y1):
-    from matplotlib.transforms import Bbox
-
-    return Bbox([[x0, y0], [x1, y1]])
 
 
 def write_tradeoff(

@@ -145,14 +145,7 @@ def check_features(suite: Suite, features: FeatureStore) -> None:
     missing = set(features.missing(image_ids))
     if not missing:
         return
-    task, split, uid, image_id = next(
-        (task, split, e.uid, i)
-        for task, splits in suite.examples.items()
-        for split, examples in splits.items()
-        for e in examples
-        for i in e.image_ids
-        if i in missing
-    )
+    task, split, uid, image_id = suite.first_use(missing)
     raise UserError(
         f"--features: feature store {features.name} has no features for {len(missing)} of the {len(image_ids)} "
         f"images, e.g. {image_id!r} ({task} {split} example {uid}); extract them into it with vlbench features extract"

@@ -62,6 +62,18 @@ class Suite:
         examples = [e for splits in self.examples.values() for split in splits.values() for e in split]
         return sorted({i for e in examples for i in e.image_ids})
 
+    def first_use(self, image_ids: set[str]) -> tuple[str, str, str, str]:
+        """(task, split, example uid, image id) of the first example that uses one of `image_ids`,
+        so an error about missing inputs can name an example."""
+        return next(
+            (task, split, e.uid, i)
+            for task, splits in self.examples.items()
+            for split, examples in splits.items()
+            for e in examples
+            for i in e.image_ids
+            if i in image_ids
+        )
+
 
 def build_suite(data: DataConfig, task_names, progress=None) -> Suite:
     """The suite for `task_names`: synthetic (deterministic in `data.seed`, images render lazily) or

@@ -67,15 +67,9 @@ def checked_frames(suite: Suite, root: Path) -> NpzFrames:
     video_ids = suite.image_ids()
     missing = [v for v in video_ids if not frames.path(v).is_file()]
     if missing:
-        task, split, uid = next(
-            (task, split, e.uid)
-            for task, splits in suite.examples.items()
-            for split, examples in splits.items()
-            for e in examples
-            if e.image_ids[0] == missing[0]
-        )
+        task, split, uid, video_id = suite.first_use({missing[0]})
         raise UserError(
-            f"{frames.path(missing[0])}: frame features not found ({task} {split} example {uid}; "
+            f"{frames.path(video_id)}: frame features not found ({task} {split} example {uid}; "
             f"{len(missing)} of the {len(video_ids)} videos have none)"
         )
     frames(video_ids[0])  # sets the feature size every other file must match
