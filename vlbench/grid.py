@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from vlbench.profiles import PROFILES, Profile, get_profile
 SUITES = {"image-text": IMAGE_TEXT_TASKS, "video-text": VIDEO_TEXT_TASKS}
 DATA_ROOT_ENV = "VLBENCH_DATA_ROOT"  # the real data root when --data-root is not given
 DEFAULT_METHODS = ("full", "adapter")
+SEED_RANGE = (0, 2**31 - 1)  # a seed fits a PostgreSQL INTEGER column (and SQLite's), and numpy's seeding
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a plain name: one folder under runs/ ('.', '..' excluded)
+SWEEP_NAME_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
     positive("--n-train", req.n_train)
     positive("--n-val", req.n_val)
     positive("--n-test", req.n_test)
+    check_seeds(req.seeds)
     methods = DEFAULT_METHODS if req.methods is None else req.methods
     if not methods:
         raise UserError("--methods: give at least one method")
@@ -98,15 +104,16 @@ def expand(req: GridRequest) -> list[RunConfig]:
             raise UserError(f"--hidden-dims: must be positive, got {hidden_dim}")
 
     for key, _ in req.options:
-        if not any(key in get_method(m).option_defaults for m in methods):
+        if not any(key in get_method(m).option_names() for m in methods):
             raise UserError(f"--option: no requested method has an option '{key}'")
     data = data_config(req, profile, backbone)
     configs: dict[str, RunConfig] = {}
     for name in methods:
         method = get_method(name)
         # each method gets the options it knows; an option no requested method knows is an error
-        options = {k: v for k, v in req.options if k in method.option_defaults}
-        if options.get("train_vision"):
+        options = {k: v for k, v in req.options if k in method.option_names()}
+        parsed = method.parse_options(options)  # each value checked against the method's Options
+        if getattr(parsed, "train_vision", False):
             if req.suite != "image-text" or data.source != "synthetic":
                 raise UserError(
                     "--option train_vision: training CLIP needs the images themselves; only the synthetic "
@@ -119,7 +126,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
         dims = (req.hidden_dims or (sized.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
         for sharing in sharings:
             for hidden_dim in dims:
-                method.validate(sharing, hidden_dim, sized.d_model, options)
+                method.validate(sharing, hidden_dim, sized.d_model, parsed)
                 lr = req.lr or profile.learning_rate(name, sharing, req.suite)
                 optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
                 if req.batch_size is not None:  # --batch-size is one size for every task
@@ -134,7 +141,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
                         method=name,
                         sharing=sharing,
                         hidden_dim=hidden_dim,
-                        method_options=tuple(sorted(options.items())),
+                        method_options=tuple(sorted(options.items())),  # as given: defaults stay out of the key
                         seed=seed,
                         data=data,
                         optim=optim,
@@ -154,11 +161,11 @@ def expand_preset(req: GridRequest) -> list[RunConfig]:
     if preset.tasks and not set(preset.tasks) <= set(SUITES.get(req.suite, ())):
         raise UserError(f"--preset: {req.preset} is a preset of another suite than {req.suite}")
     for key, _ in req.options:
-        if not any(key in get_method(method).option_defaults for method, _, _ in preset.rows):
+        if not any(key in get_method(method).option_names() for method, _, _ in preset.rows):
             raise UserError(f"--option: no method of preset {req.preset} has an option '{key}'")
     configs: dict[str, RunConfig] = {}
     for method, sharing, options in preset.rows:
-        known = {k: v for k, v in req.options if k in get_method(method).option_defaults}
+        known = {k: v for k, v in req.options if k in get_method(method).option_names()}
         row = dataclasses.replace(
             req,
             preset=None,
@@ -210,8 +217,37 @@ def default_features(root: str, backbone: str) -> Path:
 
 
 def positive(flag: str, value) -> None:
-    if value is not None and value <= 0:
+    if value is None:
+        return
+    if isinstance(value, float):  # nan and inf pass `value <= 0`
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag}: must be a finite positive number, got {value}")
+    elif value <= 0:
         raise UserError(f"{flag}: must be positive, got {value}")
+
+
+def check_seeds(seeds: tuple[int, ...]) -> None:
+    if not seeds:
+        raise UserError("--seeds: give at least one seed")
+    low, high = SEED_RANGE
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"--seeds: expected integers, got {seed!r}")
+        if not low <= seed <= high:
+            raise UserError(f"--seeds: {seed} is out of range ({low} to {high})")
+
+
+def check_sweep_name(name: str) -> str:
+    """`name` if it is a plain name (letters, digits, '.', '_', '-', from a letter or digit, at most 100
+    characters): a sweep's files go to runs/<name>/, so it must name one folder there and nothing else."""
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+        shown = repr(name) if len(str(name)) <= SWEEP_NAME_MAX else repr(str(name)[:SWEEP_NAME_MAX]) + "..."
+        raise UserError(
+            f"--sweep: {shown} is not a plain name (letters, digits, '.', '_', '-'); it names a folder under runs/"
+        )
+    if len(name) > SWEEP_NAME_MAX:
+        raise UserError(f"--sweep: a sweep name has at most {SWEEP_NAME_MAX} characters, got {len(name)}")
+    return name
 
 
 def replace_set(obj, **changes):

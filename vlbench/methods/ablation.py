@@ -5,8 +5,8 @@
 """
 
 from vlbench.methods.base import (
-    VISION_OPTIONS,
     Method,
+    VisionOptions,
     freeze_all_but_visual_embedding,
     train_vision_encoder,
     unfreeze_layer_norms,
@@ -16,12 +16,12 @@ from vlbench.model import VLModel
 
 class ProjectionOnly(Method):
     name = "proj-only"
-    option_defaults = dict(VISION_OPTIONS)
+    Options = VisionOptions
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
         if self.trains_vision:
-            train_vision_encoder(model, self.option("vision_lr"))
+            train_vision_encoder(model, self.options.vision_lr)
 
 
 class ProjectionAndLayerNorm(Method):

@@ -8,12 +8,14 @@ Trainable: adapters, all LM LayerNorms, theta V->L.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
-from vlbench.config import UserError
 from vlbench.methods.base import (
     Method,
+    choice_option,
     freeze_all_but_visual_embedding,
     near_identity_linear,
     transform_output,
@@ -40,14 +42,10 @@ class AdapterFamily(Method):
 
     uses_hidden_dim = True
     hidden_dim_meaning = "bottleneck size"
-    option_defaults = {"half_shared": "up"}  # which projection `half` sharing shares across tasks
 
-    @classmethod
-    def validate(cls, sharing, hidden_dim, d_model, options=None) -> None:
-        super().validate(sharing, hidden_dim, d_model, options)
-        shared_side = (options or {}).get("half_shared", "up")
-        if shared_side not in ("up", "down"):
-            raise UserError(f"--option half_shared: expected 'up' or 'down', got '{shared_side}'")
+    @dataclass(frozen=True)
+    class Options:
+        half_shared: str = choice_option("up", ("up", "down"), help="which projection `half` sharing shares")
 
     def projection(self, d_in: int, d_out: int) -> nn.Module:
         raise NotImplementedError
@@ -58,8 +56,7 @@ class AdapterFamily(Method):
         if self.config.sharing == "multiple":
             return per_task, per_task
         if self.config.sharing == "half":
-            shared_side = self.option("half_shared")
-            return (shared, per_task) if shared_side == "down" else (per_task, shared)
+            return (shared, per_task) if self.options.half_shared == "down" else (per_task, shared)
         return shared, shared
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:

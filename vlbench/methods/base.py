@@ -6,10 +6,21 @@ parameters that train. The engine only ever sees the resulting model.
 
 Sharing modes are routing, not separate classes: `multiple` keeps one module per task, `single`
 one for all tasks, `half` shares the up-projection and keeps the down-projection per task.
+
+Options (the sweep flag `--option key=value`): each method declares its knobs as a frozen dataclass
+`Options`, one field per knob made with `int_option`/`float_option`/`bool_option`/`choice_option`,
+which state the default and the constraint once. `Method.parse_options` checks what the user gave
+(values arrive JSON-decoded) and returns the typed object, defaults filled in; a method reads it as
+`self.options`. A RunConfig keeps only the pairs the user gave, so defaults never enter a run's key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
@@ -18,46 +29,156 @@ from vlbench.config import RunConfig, UserError
 from vlbench.model import VLModel
 
 
+def int_option(default: int, *, minimum: int = 1, help: str = "") -> Any:
+    """An integer knob, at least `minimum` (widths, ranks, lengths, factors: 1)."""
+    return dataclasses.field(default=default, metadata={"kind": "int", "minimum": minimum, "help": help})
+
+
+def float_option(
+    default: float, *, low: float = 0.0, high: float | None = None, closed_low: bool = False, help: str = ""
+) -> Any:
+    """A finite real knob in (low, high), or [low, high) with `closed_low`; an integer value is accepted."""
+    metadata = {"kind": "float", "low": low, "high": high, "closed_low": closed_low, "help": help}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def bool_option(default: bool, *, help: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "bool", "help": help})
+
+
+def choice_option(default: str, choices: tuple[str, ...], *, help: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "choice", "choices": choices, "help": help})
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it on the command line: text quoted, JSON literals as JSON."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value)  # nan, inf, 1.5
+    try:
+        return json.dumps(value)  # true, null, [1, 2]
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def check_option(name: str, value: Any, spec: dataclasses.Field) -> Any:
+    """`value` for the option `name` as its field declares it (an int for a float knob becomes a float);
+    UserError naming `--option name` otherwise."""
+    flag = f"--option {name}"
+    meta = spec.metadata
+    kind = meta["kind"]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{flag}: expected true or false, got {shown(value)}")
+        return value
+    if kind == "choice":
+        choices = meta["choices"]
+        if not isinstance(value, str) or value not in choices:
+            quoted = [repr(c) for c in choices]
+            expected = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
+            raise UserError(f"{flag}: expected {expected}, got {shown(value)}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{flag}: expected an integer, got {shown(value)}")
+        minimum = meta["minimum"]
+        if value < minimum:
+            wanted = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+            raise UserError(f"{flag}: must be {wanted}, got {value}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{flag}: expected a number, got {shown(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        low, high, closed_low = meta["low"], meta["high"], meta["closed_low"]
+        above = number >= low if closed_low else number > low
+        below = number < high if high is not None else True
+        if not (math.isfinite(number) and above and below):
+            if high is not None:
+                wanted = f"in {'[' if closed_low else '('}{low:g}, {high:g})"
+            elif low == 0 and not closed_low:
+                wanted = "a finite positive number"
+            else:
+                wanted = f"a finite number {'>=' if closed_low else '>'} {low:g}"
+            raise UserError(f"{flag}: must be {wanted}, got {shown(value)}")
+        return number
+    raise TypeError(f"option {name}: unknown kind {kind!r}")  # a method declared a field without a helper
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method without knobs."""
+
+
+@dataclass(frozen=True)
+class VisionOptions:
+    """Table 3: the CLIP encoder trained too, with SGD at its own (much smaller) learning rate, as the
+    paper's footnote 3 (SGD 1e-6 on CLIP, AdamW on the rest). Methods that offer it subclass these."""
+
+    train_vision: bool = bool_option(False, help="train the CLIP encoder with the LM (needs the images)")
+    vision_lr: float = float_option(1e-6, help="the CLIP encoder's SGD learning rate, with train_vision")
+
+
 class Method:
     name: ClassVar[str]
     sharing_modes: ClassVar[tuple[str, ...]] = ()  # empty: the method has no per-task modules
     default_sharing: ClassVar[str | None] = None
     uses_hidden_dim: ClassVar[bool] = False
     hidden_dim_meaning: ClassVar[str] = ""  # "bottleneck size", "rank", "prompt length"
-    option_defaults: ClassVar[dict[str, Any]] = {}  # the method's knobs (sweep flag --option key=value)
+    Options: ClassVar[type] = NoOptions  # the method's knobs (sweep flag --option key=value), a frozen dataclass
 
     def __init__(self, config: RunConfig):
         self.config = config
+        self.options = self.parse_options(config.options)
 
     @classmethod
-    def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int, options: dict | None = None) -> None:
-        """Raise UserError (naming the flag) for a combination that makes no sense."""
-        for key in options or {}:
-            if key not in cls.option_defaults:
-                known = ", ".join(cls.option_defaults) or "none"
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.Options))
+
+    @classmethod
+    def parse_options(cls, given: Mapping[str, Any] | None = None) -> Any:
+        """The typed options from the pairs the user gave (JSON-decoded values), defaults for the rest."""
+        if isinstance(given, cls.Options):
+            return given
+        specs = {f.name: f for f in dataclasses.fields(cls.Options)}
+        values = {}
+        for key, value in (given or {}).items():
+            if key not in specs:
+                known = ", ".join(specs) or "none"
                 raise UserError(f"--option: {cls.name} has no option '{key}' (its options: {known})")
+            values[key] = check_option(key, value, specs[key])
+        return cls.Options(**values)
+
+    @classmethod
+    def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int, options=None) -> Any:
+        """Raise UserError (naming the flag) for a combination that makes no sense; return the parsed options.
+
+        `options` is the user's pairs (a mapping) or an already parsed `Options`."""
+        parsed = cls.parse_options(options)
         if cls.sharing_modes and sharing not in cls.sharing_modes:
             raise UserError(
                 f"--sharing: '{sharing}' is not available for {cls.name} (choose from {', '.join(cls.sharing_modes)})"
             )
         if cls.uses_hidden_dim and (hidden_dim is None or hidden_dim <= 0):
             raise UserError(f"--hidden-dims: {cls.name} needs a positive {cls.hidden_dim_meaning}, got {hidden_dim}")
+        cls.check(sharing, hidden_dim, d_model, parsed)
+        return parsed
 
-    def option(self, key: str) -> Any:
-        return self.config.options.get(key, self.option_defaults[key])
+    @classmethod
+    def check(cls, sharing: str | None, hidden_dim: int | None, d_model: int, options: Any) -> None:
+        """A method's own checks of its options against the rest of the job (after each option's own)."""
 
     @property
     def trains_vision(self) -> bool:
         """Whether the CLIP encoder trains with the LM (Table 3): then it is part of the model, fed pixels."""
-        return bool(self.config.options.get("train_vision", False))
+        return bool(getattr(self.options, "train_vision", False))
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         raise NotImplementedError
-
-
-# Table 3: the CLIP encoder trained too, with SGD at its own (much smaller) learning rate, as the paper's
-# footnote 3 (SGD 1e-6 on CLIP, AdamW on the rest). Methods that offer it merge these into option_defaults.
-VISION_OPTIONS = {"train_vision": False, "vision_lr": 1e-6}
 
 
 def train_vision_encoder(model: VLModel, lr: float) -> None:

@@ -3,10 +3,10 @@
 A PHM layer builds its weight as W = sum_i A_i (x) B_i (Kronecker products) from k "rule" matrices
 A_i (k x k) and k blocks B_i (d_in/k x d_out/k), so it holds about 1/k of a Linear's parameters.
 Paper setting (the default here): k = 2, every layer its own A, B full, 74,608 params per site at
-d_model 768 / bottleneck 96. Options (RunConfig.method_options) for the original Compacter:
-  * phm_k: k (default 2),
-  * shared_rules: one A for all down-projections and one for all up-projections (default False),
-  * low_rank: factorise each B_i = s_i t_i^T with this rank (default 0: full B).
+d_model 768 / bottleneck 96. Options (`Compacter.Options`, defaults there) for the original Compacter:
+  * phm_k: k,
+  * shared_rules: one A for all down-projections and one for all up-projections,
+  * low_rank: factorise each B_i = s_i t_i^T with this rank (0: full B).
 Placement, sharing and the trainable set (PHM adapters, all LM LayerNorms, theta V->L) are the
 adapter family's.
 """
@@ -14,15 +14,16 @@ adapter family's.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vlbench.config import UserError
 from vlbench.methods.adapter import AdapterFamily
+from vlbench.methods.base import bool_option, int_option
 from vlbench.model import VLModel
 
-DEFAULT_K = 2
 RULE_INIT_STD = 0.01  # the original Compacter's phm_init_range: W starts small, the adapter near identity
 
 
@@ -76,27 +77,23 @@ class Compacter(AdapterFamily):
     sharing_modes = ("multiple", "single")
     default_sharing = "single"
 
-    option_defaults = {**AdapterFamily.option_defaults, "phm_k": DEFAULT_K, "shared_rules": False, "low_rank": 0}
+    @dataclass(frozen=True)
+    class Options(AdapterFamily.Options):
+        phm_k: int = int_option(2, help="k, the number of Kronecker-product terms")
+        shared_rules: bool = bool_option(False, help="one rule A for all down- and one for all up-projections")
+        low_rank: int = int_option(0, minimum=0, help="factorise each block B_i with this rank (0: full B)")
 
     @classmethod
-    def validate(cls, sharing, hidden_dim, d_model, options=None) -> None:
-        super().validate(sharing, hidden_dim, d_model, options)
-        options = options or {}
-        k = options.get("phm_k", DEFAULT_K)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise UserError(f"--option phm_k: expected a positive integer, got {k}")
-        low_rank = options.get("low_rank", 0)
-        if not isinstance(low_rank, int) or isinstance(low_rank, bool) or low_rank < 0:
-            raise UserError(f"--option low_rank: expected a non-negative integer rank, got {low_rank}")
-        check_divisible(k, hidden_dim, d_model)
+    def check(cls, sharing, hidden_dim, d_model, options) -> None:
+        check_divisible(options.phm_k, hidden_dim, d_model)
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
-        self.validate(self.config.sharing, self.config.hidden_dim, model.lm.config.d_model, self.config.options)
-        self.k = self.option("phm_k")
-        self.low_rank = self.option("low_rank")
+        self.validate(self.config.sharing, self.config.hidden_dim, model.lm.config.d_model, self.options)
+        self.k = self.options.phm_k
+        self.low_rank = self.options.low_rank
         # shared rules: one A per projection shape, i.e. one for all down- and one for all
         # up-projections (a single one if the bottleneck equals d_model)
-        self.shared_rules = nn.ParameterDict() if self.option("shared_rules") else None
+        self.shared_rules = nn.ParameterDict() if self.options.shared_rules else None
         super().apply(model, tasks)
         if self.shared_rules is not None:
             model.method_modules["phm_rules"] = self.shared_rules

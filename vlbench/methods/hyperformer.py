@@ -18,6 +18,8 @@ Trainable: hypernetwork, all LM LayerNorms, theta V->L (5.79 % in Table 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,7 @@ from torch import nn
 from vlbench.methods.base import (
     Method,
     freeze_all_but_visual_embedding,
+    int_option,
     near_identity_linear,
     transform_output,
     unfreeze_layer_norms,
@@ -93,14 +96,19 @@ class Hyperformer(Method):
     name = "hyperformer"
     uses_hidden_dim = True
     hidden_dim_meaning = "bottleneck size"
-    option_defaults = {"task_embedding_dim": 512, "hyper_projector_dim": 128, "hyper_condition_dim": 8}
+
+    @dataclass(frozen=True)
+    class Options:
+        task_embedding_dim: int = int_option(512, help="the width of each task's (and layer id's) embedding")
+        hyper_projector_dim: int = int_option(128, help="the hidden width of the conditioning projector")
+        hyper_condition_dim: int = int_option(8, help="the conditioning vector the generators read")
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
         unfreeze_layer_norms(model)
-        emb_dim = self.option("task_embedding_dim")
-        proj_dim = self.option("hyper_projector_dim")
-        cond_dim = self.option("hyper_condition_dim")
+        emb_dim = self.options.task_embedding_dim
+        proj_dim = self.options.hyper_projector_dim
+        cond_dim = self.options.hyper_condition_dim
         sites = model.sublayer_sites()
         d_model = sites[0].dim
         stacks = {}

@@ -3,8 +3,8 @@
 
 Each projection's output gets `+ scaling * B(A(dropout(x)))` through a forward hook, with
 scaling = alpha / r, A Kaiming-uniform and B zero as in PEFT (so training starts from the
-pretrained model). Options (RunConfig.method_options): lora_alpha (default 32), lora_dropout
-(default 0.1). Sharing: `multiple` (one A/B pair per task), `single`.
+pretrained model). Options (`LoRA.Options`, defaults there): lora_alpha, lora_dropout.
+Sharing: `multiple` (one A/B pair per task), `single`.
 Trainable: LoRA A/B, every LM parameter whose name contains "bias" (LayerNorm biases included,
 their weights not; T5 has no biases, so only its relative_attention_bias tables, as in the
 reference's name match), theta V->L.
@@ -13,10 +13,11 @@ reference's name match), theta V->L.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch import nn
 
-from vlbench.methods.base import Method, freeze_all_but_visual_embedding
+from vlbench.methods.base import Method, float_option, freeze_all_but_visual_embedding
 from vlbench.model import VLModel
 
 PROJECTIONS = ("q_proj", "v_proj")  # site-name suffixes for BART's q_proj/v_proj and T5's q/v
@@ -56,15 +57,19 @@ class LoRA(Method):
     default_sharing = "single"
     uses_hidden_dim = True
     hidden_dim_meaning = "rank"
-    option_defaults = {"lora_alpha": 32, "lora_dropout": 0.1}
+
+    @dataclass(frozen=True)
+    class Options:
+        lora_alpha: float = float_option(32.0, help="the update is scaled by lora_alpha / rank")
+        lora_dropout: float = float_option(0.1, high=1.0, closed_low=True, help="dropout on the LoRA input")
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
         for name, p in model.lm.named_parameters():
             if "bias" in name:
                 p.requires_grad_(True)
-        alpha = self.option("lora_alpha")
-        dropout = self.option("lora_dropout")
+        alpha = self.options.lora_alpha
+        dropout = self.options.lora_dropout
         keys = {t: t for t in tasks} if self.config.sharing == "multiple" else {t: "shared" for t in tasks}
         sites = nn.ModuleDict()
         for attn_name, query, value in model.query_value_projections():

@@ -9,10 +9,12 @@ Trainable: the prompt modules and theta V->L only; the LM, LayerNorms included, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from vlbench.methods.base import Method, freeze_all_but_visual_embedding
+from vlbench.methods.base import Method, freeze_all_but_visual_embedding, int_option
 from vlbench.model import VLModel
 
 
@@ -34,12 +36,15 @@ class PromptTuning(Method):
     default_sharing = "single"
     uses_hidden_dim = True
     hidden_dim_meaning = "prompt length"
-    option_defaults = {"prompt_mid_dim": 800}  # the width of the reparameterising MLP
+
+    @dataclass(frozen=True)
+    class Options:
+        prompt_mid_dim: int = int_option(800, help="the width of the reparameterising MLP")
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
         d_model = model.lm.config.d_model
-        mid_dim = self.option("prompt_mid_dim")
+        mid_dim = self.options.prompt_mid_dim
         keys = tasks if self.config.sharing == "multiple" else ("shared",)
         prompts = nn.ModuleDict({k: PromptEncoder(self.config.hidden_dim, d_model, mid_dim) for k in keys})
         model.method_modules["prompts"] = prompts
