@@ -64,3 +64,15 @@ def test_visual_identity_uses_last_vocab_rows():
     emb_obj0 = model.visual_embedding(feats.reshape(1, 1, FEAT_DIM), order, order)
     emb_obj1 = model.visual_embedding(feats.reshape(1, 1, FEAT_DIM), order, order + 1)
     assert torch.allclose(emb_obj0 - emb_obj1, table.weight[vocab - 1] - table.weight[vocab - 2])
+
+
+def test_forward_gives_weighted_per_example_losses_and_loss_is_their_mean(vl_model):
+    vl_model.eval()
+    batch = random_batch()
+    per_example = vl_model(batch)
+    assert per_example.shape == (3,)
+    assert torch.allclose(vl_model.loss(batch), per_example.mean())
+    weights = torch.tensor([1.0, 0.0, 2.0])
+    assert torch.allclose(vl_model(dict(batch, weights=weights)), per_example * weights)
+    # a row's loss does not depend on the other rows of its batch (what a DDP shard relies on)
+    assert torch.allclose(vl_model({k: v[1:] for k, v in batch.items()}), per_example[1:], atol=1e-6)

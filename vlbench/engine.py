@@ -3,25 +3,60 @@
 It takes a model whose trainable parameters are already chosen (by a method), the per-task data,
 and the optimisation config; it knows nothing about methods or the database. Results leave through
 the `on_epoch_end` callback and the returned TrainResult.
+
+A run checkpoints (vlbench.checkpoint) and resumes exactly: on CPU with a fixed seed, a run stopped
+at any step and resumed gives the same step losses, val history and test metrics, bit for bit, as
+one that was never stopped. With a `Dist` (vlbench.distributed) one run trains data-parallel on
+several processes, numerically equal (up to float reordering) to the one-process run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from vlbench.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    CheckpointError,
+    CheckpointPolicy,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from vlbench.config import OptimConfig
 from vlbench.data import TaskData, collate_train
+from vlbench.distributed import Dist
 from vlbench.model import VLModel
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (a non-finite loss); the sweep records it as failed."""
+
+
+class Interrupted(Exception):
+    """train() stopped because stop_requested() was true, after writing a checkpoint (when it had a
+    CheckpointPolicy): a later train() with the same policy resumes from it."""
+
+    def __init__(self, epoch: int, step: int, checkpoint: Path | None = None):
+        where = f"; checkpoint in {checkpoint}" if checkpoint is not None else " (no checkpoint policy: nothing saved)"
+        super().__init__(f"stopped on request in epoch {epoch} after {step} optimizer steps{where}")
+        self.epoch = epoch  # the epoch in progress (0-based)
+        self.step = step  # optimizer steps done in all
+        self.checkpoint = checkpoint
+
+    def __reduce__(self):  # picklable with its fields (a worker process may send it back)
+        return (type(self), (self.epoch, self.step, self.checkpoint))
 
 
 @dataclass
@@ -33,6 +68,10 @@ class TrainResult:
     eval_seconds: float
     samples_per_second: float
     val_history: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    # {"epoch", "step" (global), "epoch_step" (batches of that epoch done), "epochs_done"} of the
+    # checkpoint this run resumed from, None when it started fresh
+    resumed_from: dict | None = None
+    step_losses: list[float] = field(default_factory=list)  # global-batch loss of every optimizer step
 
 
 def epoch_schedule(
@@ -85,21 +124,53 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
     return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimizers]
 
 
+# ----------------------------------------------------------------------------- evaluation
+
+
 @torch.no_grad()
-def evaluate(model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device) -> dict[str, dict[str, float]]:
-    model.eval()
-    results = {}
-    for name, task_data in data.items():
-        task = task_data.task
-        model.router.task = name
-        examples = task_data.split(split)
-        predictions = {}
-        for i in range(0, len(examples), optim.eval_batch_size):
-            chunk = examples[i : i + optim.eval_batch_size]
+def evaluate(
+    model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device, dist: Dist | None = None
+) -> dict[str, dict[str, float]]:
+    """Every task's metrics on `split`. Under `dist` each rank decodes every world_size-th eval batch
+    (the same batches as one process, so the same padding), the predictions are gathered and every
+    rank scores the whole split. Random number streams are left as they were."""
+    cuda = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        model.eval()
+        batches = [(name, i) for name, d in data.items() for i in range(0, len(d.split(split)), optim.eval_batch_size)]
+        rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+        predictions: dict[str, dict[str, str]] = {name: {} for name in data}
+        for name, i in batches[rank::world]:
+            task_data = data[name]
+            model.router.task = name
+            chunk = task_data.split(split)[i : i + optim.eval_batch_size]
             batch = task_data.inputs(chunk, device)
-            predictions.update(zip((e.uid for e in chunk), task_data.predict(model, batch, optim)))
-        results[name] = task.score(examples, predictions)
-    return results
+            predictions[name].update(zip((e.uid for e in chunk), task_data.predict(model, batch, optim)))
+        if dist is not None:
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, predictions)
+            predictions = {name: {uid: p for part in gathered for uid, p in part[name].items()} for name in data}
+        return {name: d.task.score(d.split(split), predictions[name]) for name, d in data.items()}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Progress:
+    """Where training stands: what a checkpoint holds besides weights, optimizer and RNG states."""
+
+    epoch: int = 0  # the epoch in progress (or just finished)
+    epoch_step: int = 0  # batches of epoch_schedule(..., epoch, ...) done
+    step: int = 0  # optimizer steps done in all
+    samples: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    history: list = field(default_factory=list)  # val metrics of every finished epoch
+    step_losses: list = field(default_factory=list)
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step, "epochs_done": len(self.history)}
 
 
 def train(
@@ -108,27 +179,84 @@ def train(
     optim: OptimConfig,
     seed: int,
     device: torch.device,
+    *,
     on_epoch_end: Callable[[int, dict[str, dict[str, float]]], None] = lambda epoch, metrics: None,
-    on_step: Callable[[int, int], None] = lambda step, total: None,
+    on_step: Callable[[int, int, int], None] = lambda epoch, step, total_steps: None,
+    checkpoints: CheckpointPolicy | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    dist: Dist | None = None,
 ) -> TrainResult:
+    """Train `model` on `data`, evaluate on val after every epoch and on test at the end.
+
+    * `on_step(epoch, step, total_steps)` after every optimizer step (step: global steps done),
+      `on_epoch_end(epoch, val_metrics)` after every epoch's evaluation; under `dist` on rank 0 only.
+    * `checkpoints`: a checkpoint in `checkpoints.folder` is resumed from exactly where it was taken
+      (on_epoch_end is first called again for the epochs it holds); one is written after every
+      epoch, every `every_steps` optimizer steps and when stopping on request.
+    * `stop_requested()` is polled after every optimizer step and every epoch's end; when true (on any
+      rank) a checkpoint is written and Interrupted raised.
+    * `dist` (a joined process group, see vlbench.distributed): data parallel. Every rank collates
+      the whole global batch as one process would and trains on its contiguous shard of rows, with
+      the loss scaled so the averaged gradient is the one-process gradient of the global batch mean.
+    """
     model.to(device)
+    main = dist is None or dist.is_main
     batch_sizes = {name: dict(optim.task_batch_sizes).get(name, optim.batch_size) for name in data}
     schedules_per_epoch = len(epoch_schedule(data, batch_sizes, 0, seed))
     total_steps = schedules_per_epoch * optim.epochs
     optimizers, schedulers = build_optimizer(model, optim, total_steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in trainable_named]
     rng = random.Random(seed)  # answer sampling for soft-label tasks
-    step, samples, train_seconds, eval_seconds = 0, 0, 0.0, 0.0
-    history = []
-    for epoch in range(optim.epochs):
-        model.train()
-        started = time.perf_counter()
-        for name, indices in epoch_schedule(data, batch_sizes, epoch, seed):
+    run = _Progress()
+    fingerprint = run_fingerprint(model, data, optim, seed, optimizers)
+    resumed_from = None
+    if checkpoints is not None and _found_by_every_rank(checkpoints.folder, dist):
+        _restore(checkpoints.folder, fingerprint, trainable_named, optimizers, schedulers, rng, run, device, dist)
+        resumed_from = run.position()
+        if main:
+            for epoch, metrics in enumerate(run.history):
+                on_epoch_end(epoch, metrics)
+    net = model
+    if dist is not None:  # per-task modules sit out other tasks' batches: find_unused_parameters
+        dev = torch.device(device)
+        device_ids = None
+        if dev.type == "cuda":
+            device_ids = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    def save() -> Path | None:
+        if checkpoints is None:
+            return None
+        return _save(checkpoints.folder, fingerprint, trainable_named, optimizers, schedulers, rng, run, device, dist)
+
+    def stop(where: str) -> None:
+        if _any_rank(stop_requested(), dist):
+            folder = save() if where == "step" else (checkpoints.folder if checkpoints is not None else None)
+            raise Interrupted(run.epoch, run.step, folder)
+
+    for epoch in range(run.epoch, optim.epochs):
+        if epoch != run.epoch:
+            run.epoch, run.epoch_step = epoch, 0
+        schedule = epoch_schedule(data, batch_sizes, epoch, seed)
+        net.train()
+        while run.epoch_step < len(schedule):
+            name, indices = schedule[run.epoch_step]
+            started = time.perf_counter()
             model.router.task = name
             batch = collate_train(data[name], indices, rng, device)
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step} (task {name})")
+            if dist is None:
+                loss = model.loss(batch)
+                global_loss = loss.detach()
+            else:
+                local_sum = net(_shard(batch, len(indices), dist)).sum()
+                global_loss = local_sum.detach().clone()
+                torch.distributed.all_reduce(global_loss)
+                global_loss /= len(indices)
+                loss = local_sum * (dist.world_size / len(indices))  # DDP averages: the global mean's gradient
+            loss_value = global_loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingError(f"loss is {loss_value} at epoch {epoch} step {run.step} (task {name})")
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,24 +264,191 @@ def train(
             for optimizer, scheduler in zip(optimizers, schedulers):
                 optimizer.step()
                 scheduler.step()
-            step += 1
-            samples += len(indices)
-            on_step(step, total_steps)
-        train_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        val = evaluate(model, data, "val", optim, device)
-        eval_seconds += time.perf_counter() - started
-        history.append(val)
-        on_epoch_end(epoch, val)
+            run.epoch_step += 1
+            run.step += 1
+            run.samples += len(indices)
+            run.step_losses.append(loss_value)
+            run.train_seconds += time.perf_counter() - started
+            if main:
+                on_step(epoch, run.step, total_steps)
+            if checkpoints is not None and checkpoints.every_steps and run.step % checkpoints.every_steps == 0:
+                save()
+                stop("saved")
+            else:
+                stop("step")
+        if len(run.history) <= epoch:  # not yet evaluated (a checkpoint of this epoch's last step may be)
+            started = time.perf_counter()
+            val = evaluate(model, data, "val", optim, device, dist)
+            run.eval_seconds += time.perf_counter() - started
+            run.history.append(val)
+            if main:
+                on_epoch_end(epoch, val)
+            save()
+            stop("saved")
     started = time.perf_counter()
-    test = evaluate(model, data, "test", optim, device)
-    eval_seconds += time.perf_counter() - started
+    test = evaluate(model, data, "test", optim, device, dist)
+    run.eval_seconds += time.perf_counter() - started
     return TrainResult(
         test=test,
         epochs=optim.epochs,
-        steps=step,
-        train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
-        samples_per_second=samples / train_seconds if train_seconds > 0 else math.nan,
-        val_history=history,
+        steps=run.step,
+        train_seconds=run.train_seconds,
+        eval_seconds=run.eval_seconds,
+        samples_per_second=run.samples / run.train_seconds if run.train_seconds > 0 else math.nan,
+        val_history=run.history,
+        resumed_from=resumed_from,
+        step_losses=run.step_losses,
     )
+
+
+def _shard(batch: dict[str, torch.Tensor], n: int, dist: Dist) -> dict[str, torch.Tensor]:
+    """This rank's contiguous rows of a collated global batch of n rows (padding as the whole batch's).
+    A rank left without rows (n < world size) takes row 0 at weight 0: it still joins the all-reduce."""
+    lo, hi = n * dist.rank // dist.world_size, n * (dist.rank + 1) // dist.world_size
+    if hi > lo:
+        return {k: v[lo:hi] for k, v in batch.items()}
+    local = {k: v[:1] for k, v in batch.items()}
+    local["weights"] = torch.zeros_like(local["weights"])
+    return local
+
+
+def _found_by_every_rank(folder: Path, dist: Dist | None) -> bool:
+    """has_checkpoint(folder), the same on every rank (else the ranks would train different runs)."""
+    found = has_checkpoint(folder)
+    if dist is None:
+        return found
+    seen = [None] * dist.world_size
+    torch.distributed.all_gather_object(seen, found)
+    if len(set(seen)) > 1:
+        raise CheckpointError(
+            f"{folder}: ranks {[r for r, f in enumerate(seen) if f]} see a checkpoint there and ranks "
+            f"{[r for r, f in enumerate(seen) if not f]} do not; the checkpoint folder must be shared by every rank"
+        )
+    return found
+
+
+def _any_rank(flag: bool, dist: Dist | None) -> bool:
+    if dist is None:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], device=dist.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def run_fingerprint(model: VLModel, data: dict[str, TaskData], optim: OptimConfig, seed: int, optimizers) -> dict:
+    """What a checkpoint must have been made with to be resumed by this run (JSON-normalised)."""
+    fingerprint = {
+        "optim": dataclasses.asdict(optim),
+        "seed": seed,
+        "tasks": {
+            name: {
+                "train_items": len(d.train_items),
+                "uids": hashlib.sha256("\n".join(e.uid for e in d.train_items).encode()).hexdigest()[:16],
+            }
+            for name, d in sorted(data.items())
+        },
+        "trainable": sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad),
+        "optimizers": [[type(o).__name__, [len(g["params"]) for g in o.param_groups]] for o in optimizers],
+    }
+    return json.loads(json.dumps(fingerprint))
+
+
+def _check_fingerprint(saved: dict, expected: dict, file: Path) -> None:
+    if saved == expected:
+        return
+    problems = []
+    for key in sorted(set(saved) | set(expected)):
+        a, b = saved.get(key), expected.get(key)
+        if a == b:
+            continue
+        if key == "trainable" and isinstance(a, list):
+            theirs, ours = {n: s for n, s in a}, {n: s for n, s in b}
+            only_theirs, only_ours = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+            reshaped = sorted(n for n in set(theirs) & set(ours) if theirs[n] != ours[n])
+            groups = (("only in the checkpoint", only_theirs), ("only in this run", only_ours), ("of other shapes", reshaped))
+            for label, names in groups:
+                if names:
+                    problems.append(f"{len(names)} trainable parameter(s) {label}, e.g. {names[0]}")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    problems.append(f"{key}.{k}: checkpoint {a.get(k)!r}, this run {b.get(k)!r}")
+        else:
+            problems.append(f"{key}: checkpoint {a!r}, this run {b!r}")
+    raise CheckpointError(f"{file}: a checkpoint of another run ({'; '.join(problems)})")
+
+
+def _rng_state(device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _save(folder, fingerprint, trainable_named, optimizers, schedulers, rng, run: _Progress, device, dist) -> Path:
+    """Rank 0 writes (with every rank's torch RNG states); the others wait for it."""
+    torch_rng = [_rng_state(device)]
+    if dist is not None:
+        torch_rng = [None] * dist.world_size
+        torch.distributed.all_gather_object(torch_rng, _rng_state(device))
+    if dist is None or dist.is_main:
+        state = {
+            "fingerprint": fingerprint,
+            "position": run.position(),
+            "samples": run.samples,
+            "train_seconds": run.train_seconds,
+            "eval_seconds": run.eval_seconds,
+            "val_history": run.history,
+            "step_losses": run.step_losses,
+            "optimizers": [o.state_dict() for o in optimizers],
+            "schedulers": [s.state_dict() for s in schedulers],
+            "python_rng": rng.getstate(),
+            "torch_rng": torch_rng,
+        }
+        save_checkpoint(folder, dict(trainable_named), state)
+    if dist is not None:
+        torch.distributed.barrier()
+    return Path(folder)
+
+
+def _restore(folder, fingerprint, trainable_named, optimizers, schedulers, rng, run: _Progress, device, dist) -> None:
+    params, state, snapshot = load_checkpoint(folder)
+    state_file, model_file = snapshot / STATE_FILE, snapshot / MODEL_FILE
+    _check_fingerprint(state.get("fingerprint"), fingerprint, state_file)
+    names = {n for n, _ in trainable_named}
+    if set(params) != names:
+        missing, extra = sorted(names - set(params)), sorted(set(params) - names)
+        raise CheckpointError(f"{model_file}: holds other parameters (missing {missing[:3]}, unexpected {extra[:3]})")
+    try:
+        with torch.no_grad():
+            for n, p in trainable_named:
+                if params[n].shape != p.shape:
+                    raise ValueError(f"{n} has shape {tuple(params[n].shape)}, the model's is {tuple(p.shape)}")
+                p.copy_(params[n])
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{model_file}: {e}") from None
+    try:
+        if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
+            raise ValueError("another number of optimizers")
+        for optimizer, saved in zip(optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(schedulers, state["schedulers"]):
+            scheduler.load_state_dict(saved)
+        rng.setstate(state["python_rng"])
+        rank = dist.rank if dist is not None else 0
+        mine = state["torch_rng"][rank % len(state["torch_rng"])]
+        torch.set_rng_state(mine["cpu"])
+        if torch.device(device).type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], device)
+        position = state["position"]
+        run.epoch, run.epoch_step, run.step = int(position["epoch"]), int(position["epoch_step"]), int(position["step"])
+        run.samples = int(state["samples"])
+        run.train_seconds, run.eval_seconds = float(state["train_seconds"]), float(state["eval_seconds"])
+        run.history, run.step_losses = list(state["val_history"]), [float(x) for x in state["step_losses"]]
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{state_file}: unusable state ({type(e).__name__}: {e})") from None
+    if len(run.step_losses) != run.step or len(run.history) > run.epoch + 1:
+        raise CheckpointError(f"{state_file}: inconsistent position {run.position()}")

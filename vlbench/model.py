@@ -247,6 +247,12 @@ class VLModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token CE averaged per example, weighted per example (VQA soft score), averaged over the batch."""
+        return self(batch).mean()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) per-example losses: token CE averaged over each example's target, times its weight.
+
+        `loss` is their mean; distributed training sums each rank's shard instead (engine.train)."""
         enc, mask = self.encode_batch(batch)
         labels = batch["labels"]
         decoder_input_ids = shift_right(labels, self.lm.config.pad_token_id, self.lm.config.decoder_start_token_id)
@@ -254,7 +260,7 @@ class VLModel(nn.Module):
         token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         valid = (labels != -100).float()
         per_example = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return (per_example * batch["weights"]).mean()
+        return per_example * batch["weights"]
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], num_beams: int, max_new_tokens: int) -> torch.Tensor:
