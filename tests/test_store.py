@@ -214,7 +214,7 @@ def test_two_stores_write_concurrently(tmp_path):
     [
         ("not a url", "Could not parse"),
         ("nosuchdb://user:secret@host/db", "Can't load plugin"),
-        ("sqlite:///{tmp}", "unable to open database file"),  # a directory, not a file
+        ("sqlite:///{tmp}", "is a folder, not a database file"),
         ("sqlite:///{tmp}/afile/vlbench.db", "File exists"),  # its parent "directory" is a file
     ],
 )

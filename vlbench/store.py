@@ -3,9 +3,15 @@
 Every write is one short transaction, so a crash or an exception never leaves half a result.
 A run is claimed by one process (its `owner` token); only that owner may record into it or
 finish it, so a run taken over after a crash cannot be overwritten by the process that lost it.
+A running run's owner writes a heartbeat; a run whose heartbeat is older than `stale_after`
+seconds (or whose owner process on this host has died) is stale, and the next sweep reclaims it,
+whichever host it ran on.
 
-On SQLite (the default) the database runs in WAL mode with a busy timeout, and write
-transactions start with BEGIN IMMEDIATE, so several processes can share one file safely.
+On SQLite (one machine) the database runs in WAL mode with a busy timeout, and write transactions
+start with BEGIN IMMEDIATE, so several processes can share one file safely. PostgreSQL
+(`postgresql+psycopg://...`) serves a cluster. The schema has versions (Alembic, in
+vlbench/migrations): opening a database creates it or upgrades it in place, once, under a lock;
+one written by a newer vlbench is refused.
 """
 
 from __future__ import annotations
@@ -15,13 +21,18 @@ import math
 import numbers
 import os
 import socket
+import sqlite3
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     DateTime,
     Engine,
@@ -33,7 +44,9 @@ from sqlalchemy import (
     delete,
     event,
     exc,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -41,13 +54,19 @@ from sqlalchemy.types import TypeDecorator
 
 from vlbench.config import RunConfig, UserError
 
-STATUSES = ("pending", "running", "done", "failed")
-PROVENANCE_KEYS = ("host", "device", "git_commit", "versions")
+STATUSES = ("pending", "running", "done", "failed", "interrupted")
+PROVENANCE_KEYS = ("host", "device", "git_commit", "versions", "world_size", "slurm_job_id")
 COST_KEYS = ("train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb", "checkpoint_bytes")
 TEST_SCORE_COLUMNS = [
     "run_id", "key", "sweep", "method", "sharing", "hidden_dim", "seed", "label",
     "task", "name", "value", "trainable", "total", "percent",
 ]  # fmt: skip
+VLBENCH_TABLES = {"sweeps", "runs", "metrics", "param_counts"}  # what a base-revision (0.1.0) database holds
+STALE_AFTER_S = 300.0  # a heartbeat older than this marks a running run as stale (owners beat every ~60 s)
+# file systems whose locking SQLite cannot trust (its docs: "SQLite over a network")
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "ceph", "beegfs", "glusterfs",
+                       "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "9p", "afs"}  # fmt: skip
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class StoreError(Exception):
@@ -55,7 +74,7 @@ class StoreError(Exception):
 
 
 class ClaimError(StoreError):
-    """The run cannot be claimed: it is done, or a live process is running it."""
+    """The run cannot be claimed: it is done, failed (without retry), or a live process is running it."""
 
 
 class OwnershipError(StoreError):
@@ -80,7 +99,7 @@ class UTCDateTime(TypeDecorator):
 
 
 # ---------------------------------------------------------------------------------------------
-# tables
+# tables (their history is vlbench/migrations; a test checks the two agree)
 
 
 class Base(DeclarativeBase):
@@ -110,7 +129,7 @@ class Run(Base):
     suite: Mapped[str] = mapped_column(String(50))
     label: Mapped[str] = mapped_column(String(200))
     config_json: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(10), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -124,6 +143,13 @@ class Run(Base):
     samples_per_second: Mapped[float | None]
     peak_memory_mb: Mapped[float | None]
     checkpoint_bytes: Mapped[int | None]
+    # revision 0002: execution on many workers and hosts
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    progress_json: Mapped[str | None] = mapped_column(Text)  # {"epoch", "step", "total_steps", "phase"}
+    run_dir: Mapped[str | None] = mapped_column(Text)  # where its checkpoint and run folder files live
+    world_size: Mapped[int | None]
+    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
+    resumed_from_json: Mapped[str | None] = mapped_column(Text)  # [{"epoch", "step", ...}] of each resume
 
 
 class Metric(Base):
@@ -178,12 +204,24 @@ class RunRecord:
     samples_per_second: float | None
     peak_memory_mb: float | None
     checkpoint_bytes: int | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None
+    run_dir: str | None
+    world_size: int | None
+    slurm_job_id: str | None
+    resumed_from: list[dict] | None
+    stale: bool  # running, but its owner is gone (dead on this host, or no heartbeat for stale_after s)
     # parameter counts, None until record_params
     trainable: int | None
     total: int | None
     percent: float | None
     convention: str | None
     components: dict[str, dict[str, int]] | None
+
+    @property
+    def state(self) -> str:
+        """The status as a person reads it: a running run whose owner is gone is 'stale'."""
+        return "stale" if self.stale else self.status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +234,7 @@ def _owner_is_dead(owner: str | None) -> bool:
         return True
     host, pid, _ = owner.rsplit(":", 2)
     if host != socket.gethostname():
-        return False  # cannot tell from here; the caller must pass steal=True
+        return False  # cannot tell from here: the heartbeat decides
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -206,14 +244,25 @@ def _owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def _set_sqlite_pragmas(dbapi_connection, connection_record) -> None:
-    # Let SQLAlchemy, not the driver, issue BEGIN (see _begin); PRAGMA journal_mode needs no open transaction.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
-    cursor.execute("PRAGMA busy_timeout=30000")  # wait for another process's write instead of failing
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _is_stale(run: Run, stale_after: float, now: datetime) -> bool:
+    if run.status != "running":
+        return False
+    last_sign = run.heartbeat_at or run.started_at
+    return _owner_is_dead(run.owner) or last_sign is None or (now - last_sign).total_seconds() > stale_after
+
+
+def _sqlite_pragmas(writer: bool):
+    def set_pragmas(dbapi_connection, connection_record) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN (see _begin)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if writer:  # readers need no mode change (and must not write to a database they only read)
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+        cursor.execute("PRAGMA busy_timeout=60000")  # wait for another process's write instead of failing
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return set_pragmas
 
 
 def _begin(conn) -> None:
@@ -222,24 +271,138 @@ def _begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
+def filesystem_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the file system holding `path` (the longest mount point above it), from /proc/mounts."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, fstype = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file, read without changing it (read-only, no journal mode change)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+
+
+def _alembic_config(conn) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def schema_head() -> str:
+    """The newest schema version this vlbench knows."""
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def _foreign(tables: set[str]) -> set[str]:
+    """Tables that say the database belongs to something else: some, but not vlbench's."""
+    return set() if not tables or VLBENCH_TABLES <= tables else tables - VLBENCH_TABLES - {"alembic_version"}
+
+
 class Store:
-    def __init__(self, url: str):
+    """The results database at `url`.
+
+    `create`: a SQLite file that does not exist yet is created (reading commands pass False: they say
+    there is no database instead of creating an empty one). `writer`: the store will be written; a
+    database that cannot be (read-only or immutable file, read-only role) is refused up front.
+    """
+
+    def __init__(self, url: str, *, create: bool = True, writer: bool = True, stale_after: float = STALE_AFTER_S):
+        self.stale_after = stale_after
+        self.notices: list[str] = []  # warnings for the user (e.g. SQLite on a network file system)
         shown = url  # the URL as messages name it: without its password, once parsed
         try:
             parsed = make_url(url)
             shown = parsed.render_as_string(hide_password=True)
+            self.url = shown
+            # the URL other processes (workers, Slurm tasks, DDP ranks) open: a SQLite path made absolute
+            self.shareable_url = url
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self._check_sqlite_file(Path(parsed.database), shown, create)
+                self.shareable_url = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(False)
             self.engine: Engine = create_engine(parsed)
             if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _set_sqlite_pragmas)
+                event.listen(self.engine, "connect", _sqlite_pragmas(writer))
                 event.listen(self.engine, "begin", _begin)
-            Base.metadata.create_all(self.engine)  # also the connection test
-        except (exc.SQLAlchemyError, ImportError, OSError) as e:
+            self._writer = self.engine.execution_options(write=True)
+            self._prepare_schema(shown)
+            if writer:
+                self._check_writable()
+        except (exc.SQLAlchemyError, ImportError, OSError, sqlite3.Error) as e:
             problem = getattr(e, "orig", None) or e
             detail = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+            if "readonly" in detail or "read-only" in detail:
+                detail += " (the file or its folder is read-only or immutable; check permissions and `lsattr`)"
             raise UserError(f"--db {shown}: {detail}") from e
-        self._writer = self.engine.execution_options(write=True)
+
+    def _check_sqlite_file(self, path: Path, shown: str, create: bool) -> None:
+        if path.exists():
+            if path.is_dir():
+                raise UserError(f"--db {shown}: {path} is a folder, not a database file")
+            foreign = _foreign(_sqlite_tables(path))  # "file is not a database" surfaces as sqlite3.Error
+            if foreign:
+                raise UserError(
+                    f"--db {shown}: {path} holds another application's tables ({', '.join(sorted(foreign)[:5])}), "
+                    "not vlbench's; it was left untouched: give another --db file"
+                )
+        elif not create:
+            raise UserError(f"--db {shown}: no database at {path} (nothing has run there yet; start with `vlbench sweep image-text`)")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fstype = filesystem_type(path.parent)
+        if fstype in NETWORK_FILESYSTEMS:
+            self.notices.append(
+                f"--db {shown}: {path} is on a network file system ({fstype}); SQLite's locking is unsafe there "
+                "and concurrent writers can corrupt it: use PostgreSQL (--db postgresql+psycopg://...) on a cluster"
+            )
+
+    def _prepare_schema(self, shown: str) -> None:
+        """Create the schema, or bring it to this vlbench's version, in one locked transaction."""
+        head = schema_head()
+        with self._writer.connect() as conn, conn.begin():
+            if conn.dialect.name == "postgresql":  # one process migrates; the others wait, then find it done
+                conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            tables = set(inspect(conn).get_table_names())
+            foreign = _foreign(tables)
+            if foreign:
+                raise UserError(
+                    f"--db {shown}: the database holds another application's tables "
+                    f"({', '.join(sorted(foreign)[:5])}), not vlbench's; give another database"
+                )
+            current = MigrationContext.configure(conn).get_current_revision()
+            known = {rev.revision for rev in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+            if current is not None and current not in known:
+                raise UserError(
+                    f"--db {shown}: its schema is version {current}, written by a newer vlbench; this vlbench "
+                    f"knows versions up to {head}: upgrade vlbench to use it"
+                )
+            if current == head:
+                return
+            cfg = _alembic_config(conn)
+            if current is None and tables:  # written by vlbench 0.1.0, before the schema had versions
+                command.stamp(cfg, "0001")
+            command.upgrade(cfg, "head")
+
+    def _check_writable(self) -> None:
+        with self._write() as s, s.begin():
+            s.execute(text("UPDATE alembic_version SET version_num = version_num"))  # a write that changes nothing
 
     @staticmethod
     def default_url(runs_dir: Path) -> str:
@@ -248,6 +411,10 @@ class Store:
     def _write(self) -> Session:
         """A session whose transaction takes the write lock at once: use as `with self._write() as s, s.begin():`."""
         return Session(self._writer)
+
+    def schema_version(self) -> str:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -266,12 +433,20 @@ class Store:
             return sweep.id
 
     def claim_run(
-        self, sweep_id: int, config: RunConfig, provenance: dict, *, steal: bool = False
+        self,
+        sweep_id: int,
+        config: RunConfig,
+        provenance: dict,
+        *,
+        steal: bool = False,
+        retry_failed: bool = True,
+        run_dir: str | None = None,
     ) -> tuple[int, str]:
-        """Insert the run, or reset a failed/pending/stale one, as running and owned by this process.
+        """Insert the run, or reset a pending/interrupted/stale (or failed, with `retry_failed`) one,
+        as running and owned by this process.
 
-        A run that is "running" is taken over only when its owner was a process on this host that
-        has died, or when `steal` is set (e.g. the owner crashed on another host).
+        A run that is "running" is taken over only when it is stale (its owner died on this host, or
+        its heartbeat is older than `stale_after`), or when `steal` is set.
         Returns (run_id, owner); pass the owner to every later write.
         """
         unknown = set(provenance) - set(PROVENANCE_KEYS)
@@ -287,13 +462,16 @@ class Store:
                     s.add(run)
                 elif run.status == "done":
                     raise ClaimError(f"run {config.label()} ({key}) is done; it is not run again")
-                elif run.status == "running" and not (steal or _owner_is_dead(run.owner)):
+                elif run.status == "failed" and not retry_failed:
+                    raise ClaimError(f"run {config.label()} ({key}) failed ({run.error}); --retry-failed retries it")
+                elif run.status == "running" and not (steal or _is_stale(run, self.stale_after, _now())):
                     raise ClaimError(f"run {config.label()} ({key}) is being run by {run.owner}")
-                else:  # a retry starts from nothing: no old metrics, params, error or costs
+                else:  # a retry or resume starts its record afresh (a resume re-records its checkpoint's history)
                     s.execute(delete(Metric).where(Metric.run_id == run.id))
                     s.execute(delete(ParamCount).where(ParamCount.run_id == run.id))
                     run.error = None
                     run.finished_at = None
+                    run.progress_json = None
                     for k in COST_KEYS:
                         setattr(run, k, None)
                 run.sweep_id = sweep_id
@@ -306,12 +484,16 @@ class Store:
                 run.label = config.label()
                 run.config_json = json.dumps(config.to_dict(), sort_keys=True)
                 run.status = "running"
-                run.started_at = _now()
+                run.started_at = run.heartbeat_at = _now()
                 run.host = provenance.get("host")
                 run.device = provenance.get("device")
                 run.git_commit = provenance.get("git_commit")
                 versions = provenance.get("versions")
                 run.versions_json = json.dumps(versions, sort_keys=True) if versions is not None else None
+                run.world_size = provenance.get("world_size")
+                run.slurm_job_id = provenance.get("slurm_job_id")
+                if run_dir is not None:
+                    run.run_dir = run_dir
                 run.owner = owner
                 s.flush()
                 return run.id, owner
@@ -327,6 +509,21 @@ class Store:
         if run.status != "running":
             raise OwnershipError(f"run {run.label} ({run.key}) is {run.status}, not running")
         return run
+
+    def heartbeat(self, run_id: int, owner: str, progress: dict | None = None) -> None:
+        """The owner is alive (and, optionally, where it is). OwnershipError once the run was taken over."""
+        with self._write() as s, s.begin():
+            run = self._owned_run(s, run_id, owner)
+            run.heartbeat_at = _now()
+            if progress is not None:
+                run.progress_json = json.dumps(progress, sort_keys=True)
+
+    def note_resume(self, run_id: int, owner: str, point: dict) -> None:
+        """Record that the run continued from a checkpoint at `point` ({"epoch", "step", ...})."""
+        with self._write() as s, s.begin():
+            run = self._owned_run(s, run_id, owner)
+            points = json.loads(run.resumed_from_json) if run.resumed_from_json else []
+            run.resumed_from_json = json.dumps([*points, point], sort_keys=True)
 
     def record_params(
         self, run_id: int, owner: str, trainable: int, total: int, convention: str, components: dict
@@ -350,15 +547,7 @@ class Store:
         self, run_id: int, owner: str, split: str, epoch: int, metrics: dict[str, dict[str, float]]
     ) -> None:
         """Record {task: {name: value}} for one split and epoch, all or nothing."""
-        if split not in ("val", "test"):
-            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-        rows = []
-        for task, named in metrics.items():
-            for name, value in named.items():
-                # bool is a Real too, and NaN would be stored as NULL by SQLite: both are bugs upstream
-                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                    raise ValueError(f"metric {task}/{name} must be a finite number, got {value!r}")
-                rows.append(Metric(run_id=run_id, split=split, epoch=epoch, task=task, name=name, value=float(value)))
+        rows = _metric_rows(run_id, split, epoch, metrics)
         with self._write() as s, s.begin():
             self._owned_run(s, run_id, owner)
             s.add_all(rows)
@@ -376,11 +565,53 @@ class Store:
             run.finished_at = _now()
 
     def fail_run(self, run_id: int, owner: str, error: str) -> None:
+        self._end_run(run_id, owner, "failed", error)
+
+    def interrupt_run(self, run_id: int, owner: str, reason: str) -> None:
+        """Stopped on purpose (Ctrl-C, SIGTERM, preemption): not failed; the next sweep resumes it."""
+        self._end_run(run_id, owner, "interrupted", reason)
+
+    def _end_run(self, run_id: int, owner: str, status: str, error: str) -> None:
         with self._write() as s, s.begin():
             run = self._owned_run(s, run_id, owner)
-            run.status = "failed"
+            run.status = status
             run.error = error
             run.finished_at = _now()
+
+    def import_run(self, doc: dict) -> bool:
+        """Write a finished run from its run document (`run_document`), e.g. when rebuilding the database
+        from run folders. False (nothing written) when a run with its key is already in the database."""
+        sweep_doc, run_doc = doc["sweep"], doc["run"]
+        with self._write() as s, s.begin():
+            if s.scalar(select(Run.id).where(Run.key == run_doc["key"])) is not None:
+                return False
+            sweep = s.scalar(select(Sweep).where(Sweep.name == sweep_doc["name"]))
+            if sweep is None:
+                sweep = Sweep(
+                    name=sweep_doc["name"], suite=sweep_doc["suite"], profile=sweep_doc["profile"],
+                    created_at=_parse_time(sweep_doc["created_at"]), command=sweep_doc["command"],
+                )  # fmt: skip
+                s.add(sweep)
+                s.flush()
+            run = Run(sweep_id=sweep.id, config_json=json.dumps(run_doc["config"], sort_keys=True))
+            for name in RUN_DOC_COLUMNS:
+                setattr(run, name, _parse_time(run_doc[name]) if name in TIME_COLUMNS else run_doc[name])
+            run.versions_json = _dump(run_doc["versions"])
+            run.progress_json = _dump(run_doc["progress"])
+            run.resumed_from_json = _dump(run_doc["resumed_from"])
+            s.add(run)
+            s.flush()
+            params = doc.get("params")
+            if params is not None:
+                s.add(
+                    ParamCount(
+                        run_id=run.id, trainable=params["trainable"], total=params["total"], percent=params["percent"],
+                        convention=params["convention"], components_json=json.dumps(params["components"], sort_keys=True),
+                    )  # fmt: skip
+                )
+            for m in doc.get("metrics", []):
+                s.add_all(_metric_rows(run.id, m["split"], m["epoch"], {m["task"]: {m["name"]: m["value"]}}))
+        return True
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -388,12 +619,18 @@ class Store:
         with Session(self.engine) as s:
             return s.scalar(select(Run.status).where(Run.key == key))
 
+    def run_dir_of(self, key: str) -> str | None:
+        """The run folder a run with this key last used (where a resume finds its checkpoint)."""
+        with Session(self.engine) as s:
+            return s.scalar(select(Run.run_dir).where(Run.key == key))
+
     def runs(
         self,
         sweep: str | None = None,
         status: str | None = None,
         profile: str | None = None,
         suite: str | None = None,
+        keys: list[str] | None = None,
     ) -> list[RunRecord]:
         if status is not None and status not in STATUSES:
             raise UserError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
@@ -404,8 +641,11 @@ class Store:
             .order_by(Run.id)
         )
         q = _filter(q, sweep=sweep, status=status, profile=profile, suite=suite)
+        if keys is not None:
+            q = q.where(Run.key.in_(keys))
+        now = _now()
         with Session(self.engine) as s:
-            return [_record(run, sweep_name, pc) for run, sweep_name, pc in s.execute(q)]
+            return [_record(run, name, pc, _is_stale(run, self.stale_after, now)) for run, name, pc in s.execute(q)]
 
     def test_scores(
         self, sweep: str | None = None, profile: str | None = None, suite: str | None = None
@@ -438,6 +678,85 @@ class Store:
             rows = [tuple(r) for r in s.execute(q)]
         return pd.DataFrame(rows, columns=["epoch", "task", "name", "value"])
 
+    def run_documents(self, sweep: str | None = None, keys: list[str] | None = None) -> list[dict]:
+        """Each run as one JSON-ready document: its sweep, every column, its parameter counts and every
+        metric. What run folders keep (run.json), `db export` writes and `db rebuild` reads back."""
+        q = select(Run, Sweep).join(Sweep, Run.sweep_id == Sweep.id).order_by(Run.id)
+        if sweep is not None:
+            q = q.where(Sweep.name == sweep)
+        if keys is not None:
+            q = q.where(Run.key.in_(keys))
+        with Session(self.engine) as s:
+            pairs = list(s.execute(q))
+            ids = [run.id for run, _ in pairs]
+            params = {pc.run_id: pc for pc in s.scalars(select(ParamCount).where(ParamCount.run_id.in_(ids)))}
+            metrics: dict[int, list[dict]] = {}
+            order = (Metric.run_id, Metric.split, Metric.epoch, Metric.task, Metric.name)
+            for m in s.scalars(select(Metric).where(Metric.run_id.in_(ids)).order_by(*order)):
+                metrics.setdefault(m.run_id, []).append(
+                    {"split": m.split, "epoch": m.epoch, "task": m.task, "name": m.name, "value": m.value}
+                )
+            return [_document(run, sw, params.get(run.id), metrics.get(run.id, [])) for run, sw in pairs]
+
+
+# the run columns a run document carries as they are (times as ISO strings)
+RUN_DOC_COLUMNS = (
+    "key", "method", "sharing", "hidden_dim", "seed", "profile", "suite", "label", "status", "error",
+    "started_at", "finished_at", "host", "device", "git_commit", "owner", *COST_KEYS,
+    "heartbeat_at", "run_dir", "world_size", "slurm_job_id",
+)  # fmt: skip
+TIME_COLUMNS = {"started_at", "finished_at", "heartbeat_at"}
+
+
+def _metric_rows(run_id: int, split: str, epoch: int, metrics: dict[str, dict[str, float]]) -> list[Metric]:
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    rows = []
+    for task, named in metrics.items():
+        for name, value in named.items():
+            # bool is a Real too, and NaN would be stored as NULL by SQLite: both are bugs upstream
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"metric {task}/{name} must be a finite number, got {value!r}")
+            rows.append(Metric(run_id=run_id, split=split, epoch=epoch, task=task, name=name, value=float(value)))
+    return rows
+
+
+def _dump(value) -> str | None:
+    return json.dumps(value, sort_keys=True) if value is not None else None
+
+
+def _load(value: str | None):
+    return json.loads(value) if value is not None else None
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict]) -> dict:
+    run_doc = {name: getattr(run, name) for name in RUN_DOC_COLUMNS}
+    for name in TIME_COLUMNS:
+        run_doc[name] = _time(run_doc[name])
+    run_doc.update(
+        config=json.loads(run.config_json), versions=_load(run.versions_json), progress=_load(run.progress_json),
+        resumed_from=_load(run.resumed_from_json),
+    )  # fmt: skip
+    params = None
+    if pc is not None:
+        params = {"trainable": pc.trainable, "total": pc.total, "percent": pc.percent, "convention": pc.convention,
+                  "components": json.loads(pc.components_json)}  # fmt: skip
+    return {
+        "sweep": {"name": sweep.name, "suite": sweep.suite, "profile": sweep.profile,
+                  "created_at": _time(sweep.created_at), "command": sweep.command},  # fmt: skip
+        "run": run_doc,
+        "params": params,
+        "metrics": metrics,
+    }
+
 
 def _filter(q, sweep, status, profile, suite):
     if sweep is not None:
@@ -451,7 +770,7 @@ def _filter(q, sweep, status, profile, suite):
     return q
 
 
-def _record(run: Run, sweep_name: str, pc: ParamCount | None) -> RunRecord:
+def _record(run: Run, sweep_name: str, pc: ParamCount | None, stale: bool) -> RunRecord:
     return RunRecord(
         id=run.id,
         key=run.key,
@@ -472,9 +791,16 @@ def _record(run: Run, sweep_name: str, pc: ParamCount | None) -> RunRecord:
         host=run.host,
         device=run.device,
         git_commit=run.git_commit,
-        versions=json.loads(run.versions_json) if run.versions_json is not None else None,
+        versions=_load(run.versions_json),
         owner=run.owner,
         **{k: getattr(run, k) for k in COST_KEYS},
+        heartbeat_at=run.heartbeat_at,
+        progress=_load(run.progress_json),
+        run_dir=run.run_dir,
+        world_size=run.world_size,
+        slurm_job_id=run.slurm_job_id,
+        resumed_from=_load(run.resumed_from_json),
+        stale=stale,
         trainable=pc.trainable if pc else None,
         total=pc.total if pc else None,
         percent=pc.percent if pc else None,
