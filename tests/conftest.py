@@ -14,6 +14,8 @@ from vlbench.config import RunConfig  # noqa: E402
 from vlbench.model import VLModel  # noqa: E402
 from vlbench.params import skeleton_model  # noqa: E402
 
+pytest_plugins = ["services"]  # real PostgreSQL and Slurm, started by scripts/local-*.sh (tests/services.py)
+
 TASKS = ("vqa", "gqa", "nlvr", "caption")
 
 # the tiny backbone recipe at a few steps: same code paths, seconds instead of a minute

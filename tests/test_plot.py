@@ -85,4 +85,7 @@ def test_cli_formats_and_errors(store, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--task" in result.output
     empty = f"sqlite:///{tmp_path}/empty.db"
     result = runner.invoke(app, ["plot", "tradeoff", "--db", empty])
+    assert result.exit_code == 2 and "no database at" in result.output  # reading creates nothing
+    Store(empty)
+    result = runner.invoke(app, ["plot", "tradeoff", "--db", empty])
     assert result.exit_code == 2 and "vlbench sweep image-text --preset figure4" in result.output

@@ -72,11 +72,19 @@ def test_failed_run_is_recorded_and_sweep_goes_on(workdir, monkeypatch):
     assert runs["adapter"].status == "failed" and "nan" in runs["adapter"].error.lower()
     assert runs["full"].status == "done"
 
-    # the failed run is retried on the next sweep; the finished one is not
+    result = invoke("status", "--failed")
+    assert result.exit_code == 0 and "adapter-single-d8-s0" in result.output and "full-s0" not in result.output
+    assert "TrainingError" in result.output
+
+    # the failed run waits for --retry-failed; the finished one is never retrained
     monkeypatch.setattr(VLModel, "loss", real_loss)
     result = invoke("sweep", "image-text", "--methods", "adapter,full", *SMALL)
     assert result.exit_code == 0, result.output
-    assert "1 already done" in result.output
+    assert "1 already done" in result.output and "1 failed run(s) not retried" in result.output
+    result = invoke("sweep", "image-text", "--methods", "adapter,full", "--retry-failed", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "1 trained, 1 already done, 0 failed" in result.output
+    assert {r.status for r in Store(Store.default_url(workdir / "runs")).runs()} == {"done"}
 
 
 def test_dry_run_lists_jobs_with_params(workdir):

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vlbench.config import UserError
@@ -23,6 +24,8 @@ plot_app = typer.Typer(no_args_is_help=True, help="Paper-style figures from the 
 app.add_typer(plot_app, name="plot")
 eval_app = typer.Typer(no_args_is_help=True, help="Score prediction files with the official metrics.")
 app.add_typer(eval_app, name="eval")
+db_app = typer.Typer(no_args_is_help=True, help="The results database: export it, rebuild it from run folders.")
+app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -32,7 +35,7 @@ DB_HELP = "SQLAlchemy URL of the results database [default: sqlite:///runs/vlben
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -46,6 +49,17 @@ def csv_list(value: str | None, flag: str, cast=str) -> tuple | None:
     if not items:
         raise UserError(f"{flag}: empty list")
     return items
+
+
+def key_values(values: list[str] | None, flag: str) -> tuple[tuple[str, str], ...]:
+    """Repeatable KEY=VALUE flags, as sorted pairs of strings."""
+    pairs = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag}: expected KEY=VALUE, got '{item}'")
+        pairs[key.strip()] = value
+    return tuple(sorted(pairs.items()))
 
 
 def parse_options(values: list[str] | None) -> tuple:
@@ -64,10 +78,23 @@ def parse_options(values: list[str] | None) -> tuple:
     return tuple(sorted(options.items()))
 
 
-def open_store(db: str | None):
+def project_folder(path: Path, flag: str) -> Path:
+    """runs/ or reports/: a folder (made when missing), never a plain file in its place."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag}: {path} exists and is not a folder; move it away (vlbench writes its {path.name} there)")
+    return path
+
+
+def open_store(db: str | None, *, reading: bool = False):
+    """The results store; a reading command neither creates a missing SQLite file nor needs write access."""
     from vlbench.store import Store
 
-    return Store(db or Store.default_url(RUNS_DIR))
+    if db is None:
+        project_folder(RUNS_DIR, "runs")
+    store = Store(db or Store.default_url(RUNS_DIR), create=not reading, writer=not reading)
+    for notice in store.notices:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True)
+    return store
 
 
 @sweep_app.command("image-text")
@@ -106,6 +133,22 @@ def sweep_image_text(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: <suite>-<profile>]"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
+    backend: str = typer.Option("local", help="local (this machine) or slurm (a job array through submitit)"),
+    workers: Optional[int] = typer.Option(
+        None, help="local: runs at once, each in its own process [default: the GPU count; 1 on CPU]"
+    ),
+    nproc_per_run: int = typer.Option(1, help="processes per run (DistributedDataParallel; gloo on CPU, NCCL on GPUs)"),
+    checkpoint_every: int = typer.Option(0, help="also checkpoint every N optimizer steps (always at epoch ends)"),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="keep finished runs' full checkpoints"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="train again the runs that failed before"),
+    wait: bool = typer.Option(False, "--wait", help="slurm: wait for the job array, showing the live view"),
+    slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition [default: the cluster's]"),
+    slurm_time: int = typer.Option(60, help="slurm: time limit per run in minutes (a run at its limit is requeued)"),
+    slurm_gpus: int = typer.Option(0, help="slurm: GPUs per run"),
+    slurm_cpus: int = typer.Option(2, help="slurm: CPUs per run"),
+    slurm_array_parallelism: int = typer.Option(64, help="slurm: array tasks running at once"),
+    slurm_extra: Optional[list[str]] = typer.Option(None, help="slurm: an sbatch parameter KEY=VALUE, repeatable"),
+    slurm_max_requeues: int = typer.Option(3, help="slurm: requeues after a time limit or preemption"),
 ):
     """Train every job of a method x sharing x hidden-dim x seed grid on the image-text tasks."""
     sweep_suite("image-text", **locals())  # locals(): this command's options, nothing else is defined yet
@@ -123,13 +166,27 @@ def sweep_video_text(**options):
 
 def sweep_suite(
     suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, batch_size, n_train, n_val,
-    n_test, option, backbone, data_root, features, sweep_name, db, dry_run,
+    n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
+    checkpoint_every, keep_checkpoints, retry_failed, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+    slurm_array_parallelism, slurm_extra, slurm_max_requeues,
 ) -> None:
     """Expand the sweep options into one suite's jobs and run them (or list them with --dry-run)."""
-    from vlbench.grid import GridRequest, expand
+    from vlbench.execution import ExecutionOptions, SlurmOptions
+    from vlbench.grid import GridRequest, check_sweep_name, expand
     from vlbench.sweep import plan_table, run_sweep
 
     try:
+        name = check_sweep_name(sweep_name or f"{suite}-{profile}")
+        execution = ExecutionOptions(
+            backend=backend, workers=workers, nproc_per_run=nproc_per_run, checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints, retry_failed=retry_failed, wait=wait,
+            slurm=SlurmOptions(
+                partition=slurm_partition, time_min=slurm_time, gpus=slurm_gpus, cpus=slurm_cpus,
+                array_parallelism=slurm_array_parallelism, extra=key_values(slurm_extra, "--slurm-extra"),
+                max_requeues=slurm_max_requeues,
+            ),
+        )  # fmt: skip
+        execution.check()
         request = GridRequest(
             suite=suite,
             profile=profile,
@@ -154,19 +211,30 @@ def sweep_suite(
         if dry_run:
             console.print(plan_table(configs))
             return
+        project_folder(REPORTS_DIR, "reports")
         store = open_store(db)
         command = shlex.join(["vlbench", *sys.argv[1:]])
-        summary = run_sweep(configs, store, sweep_name or f"{suite}-{profile}", command, RUNS_DIR, console)
+        summary = run_sweep(configs, store, name, command, project_folder(RUNS_DIR, "runs"), console, execution)
     except UserError as e:
         fail(str(e))
+    if summary.submitted and not wait:
+        console.print(f"`vlbench status --sweep {name}` shows the array's progress")
+        return
     console.print(
         f"sweep finished in {summary.seconds:.1f}s: {len(summary.done)} trained, "
         f"{len(summary.skipped)} already done, {len(summary.failed)} failed"
+        + (f", {len(summary.interrupted)} interrupted" if summary.interrupted else "")
     )
+    for label, reason in summary.failed:
+        err_console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)
+    for label, where in summary.interrupted:
+        err_console.print(f"[yellow]interrupted[/yellow] {escape(label)}: {escape(where)}", highlight=False)
+    if summary.interrupted:
+        err_console.print("run the same command again to resume the interrupted runs from their checkpoints")
     if summary.failed:
-        for label, reason in summary.failed:
-            err_console.print(f"[red]failed[/red] {label}: {reason}", highlight=False)
         raise typer.Exit(1)
+    if summary.interrupted:
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -214,27 +282,19 @@ def params(
 @app.command()
 def status(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    failed: bool = typer.Option(False, "--failed", help="only the failed runs, with their errors"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
-    """List the runs in the database and their state."""
+    """List the runs in the database and their state (a running run whose owner is gone shows as stale)."""
+    from vlbench.live import status_tables
+
     try:
-        runs = open_store(db).runs(sweep=sweep_name)
+        tables = status_tables(open_store(db, reading=True), sweep_name, failed)
     except UserError as e:
         fail(str(e))
-    if not runs:
-        console.print("no runs yet; start one with `vlbench sweep image-text`")
-        return
-    for sweep in dict.fromkeys(r.sweep for r in runs):
-        table = Table("run", "status", "params %", "train s", "finished", "error", title=f"sweep {sweep}")
-        for r in (r for r in runs if r.sweep == sweep):
-            table.add_row(
-                r.label,
-                r.status,
-                f"{r.percent:.2f}" if r.percent is not None else "-",
-                f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-",
-                r.finished_at.strftime("%m-%d %H:%M") if r.finished_at else "-",
-                r.error or "",
-            )
+    if not tables:
+        console.print("no failed runs" if failed else "no runs yet; start one with `vlbench sweep image-text`")
+    for table in tables:
         console.print(table)
 
 
@@ -258,12 +318,15 @@ def report(
         if fmt not in FORMATS:
             raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
         result = build_table(
-            open_store(db), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost
+            open_store(db, reading=True), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost
         )
     except UserError as e:
         fail(str(e))
     text = render(result, fmt)
-    path = write_report(text, REPORTS_DIR, f"table{table}", fmt)
+    try:
+        path = write_report(text, project_folder(REPORTS_DIR, "reports"), f"table{table}", fmt)
+    except UserError as e:
+        fail(str(e))
     if fmt == "markdown" and console.is_terminal:
         console.print(rich_table(result))
     else:
@@ -284,7 +347,7 @@ def plot_tradeoff(
     from vlbench.plot import write_tradeoff
 
     try:
-        path = write_tradeoff(open_store(db), REPORTS_DIR, task, fmt, log_x, sweep=sweep_name, profile=profile)
+        path = write_tradeoff(open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), task, fmt, log_x, sweep=sweep_name, profile=profile)
     except UserError as e:
         fail(str(e))
     console.print(f"written to {path}")
@@ -372,3 +435,41 @@ def eval_caption(
     print(f"CIDEr: {100 * scores['CIDEr']:.2f}")
     print(f"BLEU-4: {100 * scores['BLEU-4']:.2f}")
     print(f"\n({scores['images']} images, x100, {TOKENIZERS[scores['tokenizer']]})")
+
+
+@db_app.command("export")
+def db_export(
+    fmt: str = typer.Option("csv", "--format", help="csv, json or parquet"),
+    out: Optional[Path] = typer.Option(None, help="output file [default: reports/export/runs.<format>]"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """One row per run (config, parameter counts, test metrics, costs, provenance) for analysis elsewhere."""
+    from vlbench.export import EXPORT_FORMATS, export_runs
+
+    try:
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
+        target = out or project_folder(REPORTS_DIR, "reports") / "export" / f"runs.{fmt}"
+        n = export_runs(open_store(db, reading=True), target, fmt, sweep_name)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"{n} run(s) written to {target}")
+
+
+@db_app.command("rebuild")
+def db_rebuild(
+    source: Path = typer.Option(RUNS_DIR, "--from", help="the runs folder whose run folders (run.json) are read"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """Recreate the database from the run folders (after a lost or corrupted database); runs already in
+    the database are left as they are."""
+    from vlbench.export import rebuild
+
+    try:
+        summary = rebuild(source, open_store(db))
+    except UserError as e:
+        fail(str(e))
+    console.print(f"{summary.imported} run(s) imported, {summary.present} already in the database, from {source}")
+    for path, problem in summary.unreadable:
+        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(problem)}", highlight=False)

@@ -1,39 +1,58 @@
 """Running a sweep: every job through the one engine, every result into the store.
 
-Shared resources (backbones, the task suite, frozen image features) are built once per sweep and
-reused by every run. A run that raises is recorded as failed with its reason and the sweep goes on;
-a finished run is never retrained (its config key is already `done` in the store).
+A sweep plans (which runs are done, failed, or still to train), builds the shared resources
+(backbones, the task suite, frozen image features) once before any worker starts, and hands the
+pending runs to an execution backend (vlbench.execution): this process, N local worker processes,
+or a Slurm job array. Every backend runs each run through `execute_run`: claim it in the store,
+resume from its checkpoint if it has one, train, record. A run that raises is recorded as failed
+with its reason and the others go on; a finished run is never retrained (its config key is `done`);
+a failed one is retried only when asked (--retry-failed); an interrupted or stale one resumes.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import random
 import socket
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors.torch import save_file
 
-from vlbench.backbones import Backbones, load_backbones
+from vlbench import backbones as backbone_registry
+from vlbench.backbones import Backbones, BackboneSpec, load_backbones
+from vlbench.checkpoint import CheckpointPolicy, has_checkpoint, remove_checkpoint
 from vlbench.config import OptimConfig, RunConfig, UserError
 from vlbench.data import RenderedPixels, TaskData
-from vlbench.engine import train
+from vlbench.engine import Interrupted, train
+from vlbench.execution import (
+    ExecutionOptions,
+    RunMonitor,
+    StopFlag,
+    slurm_executor,
+    start_local_workers,
+    stop_workers,
+    use_threads,
+)
 from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.files import atomic_write
+from vlbench.live import GridView
 from vlbench.methods import build_vl_model, trains_vision
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
-from vlbench.store import ClaimError, Store
+from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
 
@@ -43,8 +62,11 @@ TEXT_ONLY = "text-only"  # the method name under which the text-only prior is st
 @dataclass
 class SweepSummary:
     done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already done
     failed: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+    interrupted: list[tuple[str, str]] = field(default_factory=list)  # (label, where it stopped)
+    not_retried: list[str] = field(default_factory=list)  # failed earlier, left alone without --retry-failed
+    submitted: str | None = None  # the Slurm job array's id
     seconds: float = 0.0
 
 
@@ -57,56 +79,273 @@ class Resources:
     features: object  # vlbench.features.FeatureTable
 
 
+@dataclass(frozen=True)
+class SweepContext:
+    """What any process that runs one of the sweep's runs needs: picklable, for worker processes,
+    Slurm array tasks and DDP ranks. The backbone recipes travel as data, so every process trains
+    on exactly the backbones the sweep built (and never pretrains one of its own)."""
+
+    db_url: str
+    sweep_id: int
+    sweep_name: str
+    runs_dir: str
+    specs: dict[str, BackboneSpec]
+    execution: ExecutionOptions
+    stale_after: float
+
+    def enter_process(self, threads: int | None = None) -> Store:
+        """Set up a fresh process (worker, array task, rank): its threads, the sweep's backbone recipes."""
+        if threads is not None:
+            use_threads(threads)
+        backbone_registry.BACKBONES.update(self.specs)
+        return Store(self.db_url, stale_after=self.stale_after)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.runs_dir) / "cache"
+
+
 def run_sweep(
-    configs: list[RunConfig], store: Store, sweep_name: str, command: str, runs_dir: Path, console: Console
+    configs: list[RunConfig],
+    store: Store,
+    sweep_name: str,
+    command: str,
+    runs_dir: Path,
+    console: Console,
+    execution: ExecutionOptions = ExecutionOptions(),
 ) -> SweepSummary:
+    """Plan the sweep, build what its runs share, and execute the pending runs on the chosen backend."""
+    execution.check()
     started = time.perf_counter()
     summary = SweepSummary()
     sweep_id = store.get_or_create_sweep(sweep_name, configs[0].suite, configs[0].profile, command)
+    known = {r.key: r for r in store.runs(keys=[c.key() for c in configs])}
     todo = []
     for cfg in configs:
-        if store.status_of(cfg.key()) == "done":
+        record = known.get(cfg.key())
+        if record is not None and record.status == "done":
             summary.skipped.append(cfg.label())
+        elif record is not None and record.status == "failed" and not execution.retry_failed:
+            summary.not_retried.append(cfg.label())
         else:
             todo.append(cfg)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} run(s) already done, skipped[/dim]")
+    if summary.not_retried:
+        console.print(f"[yellow]{len(summary.not_retried)} failed run(s) not retried[/yellow] (--retry-failed retries them)")
+    context = SweepContext(
+        db_url=store.shareable_url, sweep_id=sweep_id, sweep_name=sweep_name, runs_dir=str(Path(runs_dir).resolve()),
+        specs={c.backbone: backbone_registry.BACKBONES[c.backbone] for c in configs}, execution=execution,
+        stale_after=store.stale_after,
+    )  # fmt: skip
+    resources: dict[tuple, Resources] = {}
+    baselines = text_only_configs(configs, store)
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        runs_bar = progress.add_task("runs", total=len(todo))
-        resources: dict[tuple, Resources] = {}
-        for cfg in [*text_only_configs(configs, store), *todo]:
-            group = (cfg.backbone, cfg.data, cfg.tasks)
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as progress:  # fmt: skip
+        for cfg in [*baselines, *todo]:  # built once, here, before any worker starts
+            group = resource_group(cfg)
             if group not in resources:
-                resources[group] = build_resources(cfg, runs_dir / "cache", progress)
-            run_dir = runs_dir / sweep_name / cfg.key()
-            try:
-                run_id, owner = store.claim_run(sweep_id, cfg, provenance())
-            except ClaimError as e:  # another sweep finished or is running it meanwhile: not ours to train
-                summary.skipped.append(cfg.label())
-                console.print(f"[dim]skipped: {e}[/dim]")
-                if cfg.method != TEXT_ONLY:
-                    progress.advance(runs_bar)
-                continue
-            try:
-                if cfg.method == TEXT_ONLY:
-                    run_text_only(cfg, resources[group], store, run_id, owner)
-                else:
-                    run_one(cfg, resources[group], store, run_id, owner, run_dir, progress)
-                    summary.done.append(cfg.label())
-                    progress.advance(runs_bar)
-            except KeyboardInterrupt:
-                store.fail_run(run_id, owner, "interrupted")
-                raise
-            except Exception as e:  # a failed run is recorded and the sweep goes on
-                reason = f"{type(e).__name__}: {e}"
-                store.fail_run(run_id, owner, reason)
-                summary.failed.append((cfg.label(), reason))
-                progress.advance(runs_bar)
-                console.print(f"[red]run {cfg.label()} failed:[/red] {reason}")
+                resources[group] = build_resources(cfg, context.cache_dir, progress)
+    for cfg in baselines:
+        execute_run(cfg, context, store, resources, StopFlag())
+    if todo:
+        if execution.backend == "slurm":
+            submit_slurm(todo, context, store, console, summary)
+        elif execution.local_workers() == 1:
+            run_here(todo, context, store, resources, console)
+        else:
+            run_on_workers(todo, context, store, console)
+    collect(todo, store, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def resource_group(cfg: RunConfig) -> tuple:
+    return (cfg.backbone, cfg.data, cfg.tasks)
+
+
+def run_here(todo: list[RunConfig], ctx: SweepContext, store: Store, resources: dict, console: Console) -> None:
+    """The runs one after another in this process, with the live view polling the store beside them."""
+    stop = StopFlag()
+    with stop.installed(), GridView(store, [(c.key(), c.label()) for c in todo], console) as view:
+        view.poll_in_background()
+        for cfg in todo:
+            if stop():
+                break
+            outcome, detail = execute_run(cfg, ctx, store, resources, stop)
+            if outcome == "skipped":
+                console.print(f"[dim]skipped: {escape(detail)}[/dim]")
+
+
+def run_on_workers(todo: list[RunConfig], ctx: SweepContext, store: Store, console: Console) -> None:
+    """N worker processes pull the runs by claiming them; this process shows the grid and forwards a
+    Ctrl-C/SIGTERM to them (each checkpoints its run and marks it interrupted)."""
+    n = min(ctx.execution.local_workers(), len(todo))
+    gpus = ctx.execution.nproc_per_run if torch.cuda.is_available() else 0
+    stop = StopFlag()
+    with stop.installed(), GridView(store, [(c.key(), c.label()) for c in todo], console) as view:
+        workers = start_local_workers(n, worker_main, (ctx, [c.to_dict() for c in todo]), gpus)
+        forwarded = False
+        while any(p.is_alive() for p in workers):
+            view.refresh()
+            if stop() and not forwarded:
+                stop_workers(workers)
+                forwarded = True
+            for p in workers:
+                p.join(timeout=1.0 / len(workers))
+
+
+def worker_main(index: int, threads: int, ctx: SweepContext, cfg_dicts: list[dict]) -> None:
+    """One local worker process: claim and run the sweep's runs until none is left to claim."""
+    store = ctx.enter_process(threads)
+    configs = [RunConfig.from_dict(d) for d in cfg_dicts]
+    stop = StopFlag()
+    resources: dict[tuple, Resources] = {}
+    with stop.installed():
+        for cfg in configs[index:] + configs[:index]:  # workers start apart, so first claims rarely collide
+            if stop():
+                break
+            execute_run(cfg, ctx, store, resources, stop)
+
+
+def collect(todo: list[RunConfig], store: Store, summary: SweepSummary) -> None:
+    """What became of the runs this sweep handed out, as the store has it."""
+    records = {r.key: r for r in store.runs(keys=[c.key() for c in todo])}
+    for cfg in todo:
+        r = records.get(cfg.key())
+        if r is None:
+            continue
+        if r.status == "done":
+            summary.done.append(cfg.label())
+        elif r.status == "failed":
+            summary.failed.append((cfg.label(), r.error or ""))
+        elif r.status == "interrupted":
+            summary.interrupted.append((cfg.label(), r.error or ""))
+
+
+def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict, stop: StopFlag) -> tuple[str, str]:
+    """Claim one run and train it to the end (resuming from its checkpoint), or record why not.
+    Returns (outcome, detail): done | failed | interrupted | skipped (another process has it, or it
+    is finished), and the reason where there is one."""
+    key = cfg.key()
+    previous = store.run_dir_of(key)
+    if previous and has_checkpoint(Path(previous) / "checkpoint"):
+        run_dir = Path(previous)  # a resume continues in the folder that holds its checkpoint
+    else:
+        run_dir = Path(ctx.runs_dir) / ctx.sweep_name / key
+    world_size = ctx.execution.nproc_per_run if cfg.method != TEXT_ONLY else 1
+    try:
+        run_id, owner = store.claim_run(
+            ctx.sweep_id, cfg, provenance(world_size), retry_failed=ctx.execution.retry_failed, run_dir=str(run_dir)
+        )
+    except ClaimError as e:  # another worker or sweep has it, or finished it meanwhile: not ours to train
+        return "skipped", str(e)
+    try:
+        if cfg.method == TEXT_ONLY:
+            run_text_only(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir)
+        elif world_size > 1:
+            from vlbench.distributed import launch
+
+            outcome = launch(world_size, distributed_rank, ctx, cfg.to_dict(), run_id, owner, str(run_dir))[0]
+            if outcome["status"] == "interrupted":
+                raise Interrupted(outcome["epoch"], outcome["step"])
+        else:
+            train_run(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir, ctx.execution, stop)
+        return "done", ""
+    except Interrupted as e:
+        reason = (
+            f"interrupted by {stop.reason or 'a signal'} at epoch {e.epoch + 1}, step {e.step}; checkpoint saved, "
+            "the same sweep command resumes it"
+        )
+        with _unless_taken_over():
+            store.interrupt_run(run_id, owner, reason)
+            _write_run_document(store, key, run_dir)
+        return "interrupted", reason
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, from the last checkpoint
+        with _unless_taken_over():
+            store.interrupt_run(run_id, owner, "interrupted (Ctrl-C twice); resumes from its last checkpoint")
+        raise
+    except Exception as e:  # a failed run is recorded and the sweep goes on
+        reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        with _unless_taken_over():
+            store.fail_run(run_id, owner, reason)
+            _write_run_document(store, key, run_dir)
+        return "failed", reason
+
+
+class _unless_taken_over:
+    """Writes to a run that another process reclaimed meanwhile (this one was presumed dead) are dropped."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return exc_type is not None and issubclass(exc_type, OwnershipError)
+
+
+def resources_for(cfg: RunConfig, resources: dict, ctx: SweepContext) -> Resources:
+    """The run's shared resources; a fresh process loads them from the cache the sweep built."""
+    group = resource_group(cfg)
+    if group not in resources:
+        resources[group] = build_resources(cfg, ctx.cache_dir, None)
+    return resources[group]
+
+
+def distributed_rank(ctx: SweepContext, cfg_dict: dict, run_id: int, owner: str, run_dir: str) -> dict:
+    """One rank of a DDP run (started by torchrun's launcher): rank 0 alone writes the store and the run folder."""
+    from vlbench.distributed import process_group
+
+    with process_group("cuda" if torch.cuda.is_available() else "cpu") as dist:
+        backbone_registry.BACKBONES.update(ctx.specs)
+        store = Store(ctx.db_url, stale_after=ctx.stale_after) if dist.is_main else None
+        cfg = RunConfig.from_dict(cfg_dict)
+        stop = StopFlag()
+        with stop.installed():
+            try:
+                train_run(cfg, resources_for(cfg, {}, ctx), store, run_id, owner, Path(run_dir), ctx.execution, stop, dist)
+            except Interrupted as e:
+                return {"status": "interrupted", "epoch": e.epoch, "step": e.step}
+        return {"status": "done"}
+
+
+class SlurmRun:
+    """One Slurm array task: one run, resumable. submitit calls `checkpoint` when Slurm signals the
+    time limit or a preemption; the task is requeued and resumes from the run's last checkpoint."""
+
+    def __init__(self, ctx: SweepContext):
+        self.ctx = ctx
+
+    def __call__(self, cfg_dict: dict) -> str:
+        store = self.ctx.enter_process(self.ctx.execution.slurm.cpus)
+        stop = StopFlag()
+        with stop.installed():
+            return execute_run(RunConfig.from_dict(cfg_dict), self.ctx, store, {}, stop)
+
+    def checkpoint(self, cfg_dict: dict):
+        import submitit
+
+        # the requeued task finds the run stale (this process is gone) and resumes it from its checkpoint
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.ctx), cfg_dict)
+
+
+def submit_slurm(todo: list[RunConfig], ctx: SweepContext, store: Store, console: Console, summary: SweepSummary) -> None:
+    """The pending runs as one job array; with --wait, the live view until every task has ended."""
+    folder = Path(ctx.runs_dir) / ctx.sweep_name / "slurm"
+    executor = slurm_executor(ctx.execution, folder, f"vlbench-{ctx.sweep_name}")
+    try:
+        jobs = executor.map_array(SlurmRun(ctx), [c.to_dict() for c in todo])
+    except Exception as e:  # sbatch missing or refusing: a user-facing problem, said in one line
+        raise UserError(f"--backend slurm: submitting the job array failed: {str(e).strip().splitlines()[-1]}") from e
+    summary.submitted = jobs[0].job_id.split("_")[0]
+    console.print(f"submitted Slurm job array {summary.submitted} ({len(jobs)} task(s)); logs in {folder}")
+    if not ctx.execution.wait:
+        return
+    with GridView(store, [(c.key(), c.label()) for c in todo], console, slurm=True) as view:
+        while not all(job.done() for job in jobs):
+            view.refresh()
+            time.sleep(2.0)
 
 
 def build_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) -> Resources:
@@ -171,44 +410,67 @@ def plan_table(configs: list[RunConfig]) -> Table:
     return table
 
 
-def run_one(
-    cfg: RunConfig, res: Resources, store: Store, run_id: int, owner: str, run_dir: Path, progress: Progress
+def train_run(
+    cfg: RunConfig,
+    res: Resources,
+    store: Store | None,
+    run_id: int,
+    owner: str,
+    run_dir: Path,
+    execution: ExecutionOptions,
+    stop: StopFlag,
+    dist=None,
 ) -> None:
+    """Train one claimed run to the end, resuming from its checkpoint; on a DDP rank other than 0
+    (`store` None) only the training itself."""
+    main = dist is None or dist.is_main
     model = build_model(cfg, res.backbones)
     counts = count_parameters(model)
-    store.record_params(run_id, owner, counts.trainable, counts.total, counts.convention, counts.components)
+    if main:
+        store.record_params(run_id, owner, counts.trainable, counts.total, counts.convention, counts.components)
     # a model that trains CLIP (Table 3) sees the rendered images, not the frozen features
     pixels = RenderedPixels(res.suite.bank.render, res.backbones.preprocess) if model.vision is not None else None
     data = {
         t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t], pixels) for t in cfg.tasks
     }
-    steps_bar = progress.add_task(f"  {cfg.label()}", total=None)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    result = train(
-        model,
-        data,
-        cfg.optim,
-        cfg.seed,
-        device(),
-        on_epoch_end=lambda epoch, metrics: store.record_metrics(run_id, owner, "val", epoch, metrics),
-        on_step=lambda step, total: progress.update(steps_bar, completed=step, total=total),
-    )
-    progress.remove_task(steps_bar)
-    store.record_metrics(run_id, owner, "test", result.epochs - 1, result.test)
-    checkpoint = run_dir / "trainable.safetensors"
-    write_run_folder(run_dir, cfg, result.test, model)
-    store.finish_run(
-        run_id,
-        owner,
-        {
-            "train_seconds": result.train_seconds,
-            "eval_seconds": result.eval_seconds,
-            "samples_per_second": result.samples_per_second,
-            "peak_memory_mb": peak_memory_mb(),
-            "checkpoint_bytes": checkpoint.stat().st_size,
-        },
-    )
+    checkpoints = CheckpointPolicy(run_dir / "checkpoint", execution.checkpoint_every)
+    dev = device(dist)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with RunMonitor(store, run_id, owner, stop) if main else nullcontext() as monitor:
+        result = train(
+            model,
+            data,
+            cfg.optim,
+            cfg.seed,
+            dev,
+            on_epoch_end=lambda epoch, metrics: store.record_metrics(run_id, owner, "val", epoch, metrics),
+            on_step=monitor.step if main else lambda epoch, step, total: None,
+            checkpoints=checkpoints,
+            stop_requested=stop,
+            dist=dist,
+        )
+        if not main:
+            return
+        if result.resumed_from is not None:
+            store.note_resume(run_id, owner, result.resumed_from)
+        store.record_metrics(run_id, owner, "test", result.epochs - 1, result.test)
+        checkpoint = run_dir / "trainable.safetensors"
+        write_run_folder(run_dir, cfg, result.test, model)
+        if not execution.keep_checkpoints:
+            remove_checkpoint(checkpoints.folder)
+        store.finish_run(
+            run_id,
+            owner,
+            {
+                "train_seconds": result.train_seconds,
+                "eval_seconds": result.eval_seconds,
+                "samples_per_second": result.samples_per_second,
+                "peak_memory_mb": peak_memory_mb(dev),
+                "checkpoint_bytes": checkpoint.stat().st_size,
+            },
+        )
+    _write_run_document(store, cfg.key(), run_dir)
 
 
 def text_only_configs(configs: list[RunConfig], store: Store) -> list[RunConfig]:
@@ -226,7 +488,7 @@ def text_only_configs(configs: list[RunConfig], store: Store) -> list[RunConfig]
     return list(out.values())
 
 
-def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, owner: str) -> None:
+def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, owner: str, run_dir: Path) -> None:
     """Score the best answer that ignores the image (the most frequent training answer per question)."""
     scores = {}
     for t in cfg.tasks:
@@ -235,6 +497,7 @@ def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, own
         scores[t] = task.score(examples["test"], predictions)
     store.record_metrics(run_id, owner, "test", 0, scores)
     store.finish_run(run_id, owner, {})
+    _write_run_document(store, cfg.key(), run_dir)
 
 
 def write_run_folder(run_dir: Path, cfg: RunConfig, test: dict, model: VLModel) -> None:
@@ -246,24 +509,34 @@ def write_run_folder(run_dir: Path, cfg: RunConfig, test: dict, model: VLModel) 
         atomic_write(run_dir / name, lambda tmp: tmp.write_text(text))
 
 
+def _write_run_document(store: Store, key: str, run_dir: Path) -> None:
+    """run.json: the run as the store holds it (config, params, every metric, costs, provenance), so
+    `vlbench db rebuild` can recreate the database from run folders alone."""
+    (doc,) = store.run_documents(keys=[key])
+    text = json.dumps(doc, indent=2, sort_keys=True)
+    atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(text))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(dist=None) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank if dist is not None else 0)
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_memory_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
     import resource  # CPU: the process's peak resident set (Linux reports KiB)
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def provenance() -> dict:
+def provenance(world_size: int = 1) -> dict:
     versions = {"python": platform.python_version()}
     for pkg in ("vlbench", "torch", "transformers", "open_clip_torch", "tokenizers", "sqlalchemy"):
         try:
@@ -276,7 +549,15 @@ def provenance() -> dict:
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "git_commit": git_commit(),
         "versions": versions,
+        "world_size": world_size,
+        "slurm_job_id": slurm_job_id(),
     }
+
+
+def slurm_job_id() -> str | None:
+    """The Slurm job (array task as JOB_TASK) this process runs in, if any."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def git_commit() -> str | None:

@@ -1,0 +1,264 @@
+"""Where a sweep's runs execute, and what keeps them safe there.
+
+- `local`, one worker: the runs one after another in this process (the default).
+- `local`, N workers: N processes, each pulling runs from the sweep's list by claiming them in the
+  store (the store's claims are the only coordination, as on a cluster); one GPU each
+  (CUDA_VISIBLE_DEVICES), or cores // N threads each on CPU.
+- `slurm`: the pending runs as one Slurm job array through submitit; a task that is preempted or
+  reaches its time limit is requeued (submitit's checkpointing protocol) and resumes from its run's
+  last checkpoint.
+Each run may itself span K processes (`nproc_per_run`, DistributedDataParallel via torchrun's launcher).
+
+Also here: the heartbeat thread of a running run (`RunMonitor`) and the stop flag that SIGINT/SIGTERM
+raise (`StopFlag`): the engine checkpoints at the next step and the run is marked interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlbench.config import UserError
+from vlbench.store import OwnershipError, Store
+
+HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
+PROGRESS_S = 2.0  # how often fresh progress (epoch, step, ETA) reaches the store for the live view
+BACKENDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 60  # per array task; a task at its limit is requeued and resumes
+    gpus: int = 0  # per run
+    cpus: int = 2  # per run
+    array_parallelism: int = 64
+    extra: tuple[tuple[str, str], ...] = ()  # sbatch parameters passed through (--slurm-extra KEY=VALUE)
+    max_requeues: int = 3  # preemptions/timeouts a task may be requeued after
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    backend: str = "local"
+    workers: int | None = None  # local: runs at once [default: the GPU count, 1 on CPU]
+    nproc_per_run: int = 1  # processes per run (DDP)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    keep_checkpoints: bool = False  # keep a finished run's full checkpoint (else only its trainable weights)
+    retry_failed: bool = False
+    wait: bool = False  # slurm: wait for the array, showing the live view
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend: unknown backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
+        for flag, value, least in (
+            ("--workers", self.workers, 1), ("--nproc-per-run", self.nproc_per_run, 1),
+            ("--checkpoint-every", self.checkpoint_every, 0), ("--slurm-time", self.slurm.time_min, 1),
+            ("--slurm-gpus", self.slurm.gpus, 0), ("--slurm-cpus", self.slurm.cpus, 1),
+            ("--slurm-array-parallelism", self.slurm.array_parallelism, 1),
+        ):  # fmt: skip
+            if value is not None and value < least:
+                raise UserError(f"{flag}: must be at least {least}, got {value}")
+        if self.backend == "slurm" and self.workers not in (None, 1):
+            raise UserError("--workers: Slurm runs the array's tasks in parallel (--slurm-array-parallelism)")
+
+    def local_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, torch.cuda.device_count() // self.nproc_per_run) if torch.cuda.is_available() else 1
+
+
+def thread_share(processes: int) -> int:
+    """The threads each of `processes` processes on this machine gets: oversubscribed OpenMP threads
+    make two runs on two cores many times slower than one after the other."""
+    return max(1, len(os.sched_getaffinity(0)) // processes)
+
+
+def use_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def environment(**values: str | None):
+    """Set (or, for None, remove) environment variables for what starts inside, e.g. a child process."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class StopFlag:
+    """Raised by SIGINT or SIGTERM; the engine polls it after every step, checkpoints and stops.
+    A second SIGINT stops at once (KeyboardInterrupt), as a user pressing Ctrl-C twice expects."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        return self.reason is not None
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.reason = name
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle SIGINT/SIGTERM while inside (main thread only; elsewhere the caller's handlers stay)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+class RunMonitor:
+    """A running run's heartbeat and progress, written by a background thread so that long steps or
+    evaluations never make a live run look stale. If the run is taken over by another process (this
+    one was presumed dead), `lost` is set and the stop flag raised."""
+
+    def __init__(self, store: Store, run_id: int, owner: str, stop: StopFlag):
+        self.store, self.run_id, self.owner, self.stop = store, run_id, owner, stop
+        self.progress: dict[str, Any] = {"phase": "starting"}
+        self.lost = False
+        self._started = time.monotonic()
+        self._first_step: tuple[int, float] | None = None
+        self._written: dict | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> RunMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def step(self, epoch: int, step: int, total_steps: int) -> None:
+        now = time.monotonic()
+        if self._first_step is None:  # measure the rate from this process's own steps (a resume starts mid-way)
+            self._first_step = (step, now)
+        first, t0 = self._first_step
+        eta = (now - t0) / (step - first) * (total_steps - step) if step > first else None
+        self.progress = {"phase": "train", "epoch": epoch, "step": step, "total_steps": total_steps, "eta_s": eta}
+
+    def phase(self, name: str) -> None:
+        self.progress = {**self.progress, "phase": name}
+
+    def _beat(self) -> None:
+        last = 0.0
+        while not self._done.wait(PROGRESS_S):
+            progress = self.progress
+            if progress == self._written and time.monotonic() - last < HEARTBEAT_S:
+                continue
+            try:
+                self.store.heartbeat(self.run_id, self.owner, progress)
+            except OwnershipError:  # another process reclaimed the run: stop training it
+                self.lost = True
+                self.stop.reason = self.stop.reason or "lost ownership"
+                return
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the run; the next beat retries
+                continue
+            self._written, last = progress, time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------
+# local worker processes
+
+
+def start_local_workers(n: int, target, args: tuple, gpus_per_worker: int) -> list[multiprocessing.Process]:
+    """N spawned processes running `target(worker_index, *args)`, each with its share of the cores
+    (threads) or its own GPUs (CUDA_VISIBLE_DEVICES)."""
+    ctx = multiprocessing.get_context("spawn")  # no forked CUDA state or torch thread pools
+    threads = thread_share(n)
+    processes = []
+    for i in range(n):
+        gpus = ",".join(str(i * gpus_per_worker + g) for g in range(gpus_per_worker)) if gpus_per_worker else None
+        env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        with environment(**env, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})):
+            p = ctx.Process(target=target, args=(i, threads, *args), name=f"vlbench-worker-{i}")
+            p.start()
+        processes.append(p)
+    return processes
+
+
+def stop_workers(processes: list[multiprocessing.Process], signum: int = signal.SIGTERM) -> None:
+    for p in processes:
+        if p.is_alive():
+            os.kill(p.pid, signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm (submitit)
+
+
+def slurm_executor(options: ExecutionOptions, folder: Path, name: str):
+    import submitit
+
+    s = options.slurm
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    params: dict[str, Any] = dict(
+        name=name,
+        timeout_min=s.time_min,
+        nodes=1,
+        tasks_per_node=1,  # the run's own launcher starts its K DDP processes
+        cpus_per_task=s.cpus,
+        slurm_array_parallelism=s.array_parallelism,
+        slurm_max_num_timeout=s.max_requeues,
+    )
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    if s.gpus:
+        params["gpus_per_node"] = s.gpus
+    if s.extra:
+        params["slurm_additional_parameters"] = dict(s.extra)
+    executor.update_parameters(**params)
+    return executor
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job id (array tasks as JOB_TASK), from squeue, then sacct for ended ones."""
+    import subprocess
+
+    states: dict[str, str] = {}
+    ids = sorted({j for j in job_ids if j})
+    if not ids:
+        return states
+    for cmd in (["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)]):  # fmt: skip
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in out.splitlines():
+            parts = line.replace("|", " ").split()
+            if len(parts) >= 2 and parts[0] not in states:
+                states[parts[0]] = parts[1]
+    return states
