@@ -14,4 +14,5 @@ backbones.BACKBONES["tiny"] = FAST_BACKBONE
 
 from vlbench.cli import app  # noqa: E402
 
-app(prog_name="vlbench")
+if __name__ == "__main__":  # worker processes (spawn) import this module again: they must not rerun the CLI
+    app(prog_name="vlbench")

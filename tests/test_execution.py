@@ -135,6 +135,24 @@ def test_sigint_checkpoints_marks_interrupted_and_resumes(workdir, reference):
     assert (Path(run.run_dir) / "checkpoint" / "latest.json").exists()  # --keep-checkpoints
 
 
+def test_sigterm_reaches_every_worker_and_each_run_resumes(workdir):
+    process = start_sweep(workdir, "--methods", "adapter,lora", "--workers", "2", "--checkpoint-every", "5")
+    deadline = time.monotonic() + 240
+    while len(list(workdir.glob("runs/image-text-tiny/*/checkpoint/latest.json"))) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, process.stdout.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # as a scheduler or `kill` stops the sweep: only the parent is told
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    runs = [r for r in Store(Store.default_url(workdir / "runs")).runs() if r.method != "text-only"]
+    assert sorted(r.status for r in runs) == ["interrupted"] * 2, output
+    assert all("interrupted by SIGTERM" in r.error for r in runs)
+    result = invoke("sweep", "image-text", *RUN, "--methods", "adapter,lora", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    runs = [r for r in Store(Store.default_url(workdir / "runs")).runs() if r.method != "text-only"]
+    assert sorted(r.status for r in runs) == ["done"] * 2 and all(r.resumed_from for r in runs)
+
+
 def test_local_workers_share_the_grid(workdir):
     small = ["--epochs", "1", "--n-train", "16", "--n-val", "8", "--n-test", "8", "--batch-size", "8"]
     result = invoke("sweep", "image-text", "--methods", "adapter,lora,prompt", "--workers", "2", *small)
@@ -216,3 +234,55 @@ def test_runs_as_a_plain_file_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "runs").write_text("not a folder")
     one_error_line(invoke("sweep", "image-text", *RUN), "runs", "is not a folder")
     one_error_line(invoke("status"), "runs", "is not a folder")
+
+
+def slurm_run_state(db: Path) -> tuple:
+    try:
+        run = adapter_run(db)
+    except (ValueError, Exception):  # noqa: BLE001 - no row yet, or the database is being created
+        return None, None
+    return run.status, run.slurm_job_id
+
+
+def test_slurm_job_array_runs_the_grid(workdir, slurm_cluster):
+    small = ["--epochs", "1", "--n-train", "16", "--n-val", "8", "--n-test", "8", "--batch-size", "8"]
+    result = invoke(
+        "sweep", "image-text", "--methods", "adapter,lora", *small, "--backend", "slurm", "--wait",
+        "--slurm-partition", slurm_cluster.partition, "--slurm-cpus", "1", "--slurm-time", "10",
+        "--slurm-extra", "comment=vlbench-test",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "submitted Slurm job array" in result.output and "2 trained" in result.output
+    array = result.output.split("submitted Slurm job array ")[1].split()[0]
+    runs = [r for r in Store(Store.default_url(workdir / "runs")).runs() if r.method != "text-only"]
+    assert sorted(r.status for r in runs) == ["done", "done"]
+    assert sorted(r.slurm_job_id for r in runs) == [f"{array}_0", f"{array}_1"]
+    assert {r.device for r in runs} == {"cpu (1 threads)"}  # --slurm-cpus 1
+    status = invoke("status")
+    assert f"{array}_0" in status.output
+    print(f"\n{result.output}\n{status.output}")
+
+
+def test_slurm_task_signalled_at_its_time_limit_is_requeued_and_resumes(workdir, slurm_cluster, reference):
+    db = workdir / "runs" / "vlbench.db"
+    result = invoke(
+        "sweep", "image-text", *RUN, "--checkpoint-every", "5", "--backend", "slurm",
+        "--slurm-partition", slurm_cluster.partition, "--slurm-cpus", "2", "--slurm-time", "5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    array = result.output.split("submitted Slurm job array ")[1].split()[0]
+    deadline = time.monotonic() + 240
+    while checkpoint_step(workdir) < 25 and time.monotonic() < deadline:  # mid-way through the second epoch
+        time.sleep(0.02)
+    job = adapter_run(db).slurm_job_id  # a one-task array is submitted as a plain job
+    assert job.split("_")[0] == array
+    # what Slurm sends before a time limit (submitit's --signal=USR2@90): submitit checkpoints and requeues
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    while time.monotonic() < deadline and slurm_run_state(db)[0] != "done":
+        time.sleep(0.5)
+    run = adapter_run(db)
+    assert run.status == "done", (run.status, run.error)
+    assert run.slurm_job_id == job and len(run.resumed_from) == 1
+    assert run.resumed_from[0]["step"] >= 25  # from its checkpoint, not from zero
+    assert outcome(db) == reference  # --slurm-cpus 2: the reference's threads, so the same floats
+    print(f"\nrequeued Slurm job {job} resumed from {run.resumed_from[0]}")

@@ -140,3 +140,22 @@ def test_run_claimed_by_another_sweep_is_skipped(workdir, monkeypatch):
     result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
     assert result.exit_code == 0, result.output
     assert "being run by another-host" in result.output and "1 trained" in result.output
+
+
+def test_a_data_file_gone_bad_mid_run_fails_that_run_only(workdir, monkeypatch):
+    from vlbench.data import TaskData
+
+    real_inputs, calls = TaskData.inputs, []
+
+    def truncated_on_fifth_batch(self, examples, device):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("features/shard-00003.safetensors: unexpected end of file")
+        return real_inputs(self, examples, device)
+
+    monkeypatch.setattr(TaskData, "inputs", truncated_on_fifth_batch)
+    result = invoke("sweep", "image-text", "--methods", "adapter,full", *SMALL)
+    assert result.exit_code == 1
+    runs = {r.method: r for r in Store(Store.default_url(workdir / "runs")).runs()}
+    assert runs["adapter"].status == "failed" and "OSError" in runs["adapter"].error
+    assert "shard-00003" in runs["adapter"].error and runs["full"].status == "done"

@@ -172,7 +172,7 @@ def launch(nproc: int, fn: Callable, *args: Any) -> dict[int, Any]:
             local_addr="127.0.0.1",
             signals_to_handle="",  # the agent would kill the ranks on the first signal: launch handles them
         )
-        with _environ(OMP_NUM_THREADS=str(threads)), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
+        with environment(OMP_NUM_THREADS=str(threads)), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
             try:
                 return elastic_launch(config, _rank_main)(fn, threads, str(folder), *args)
             except ChildFailedError as e:
@@ -307,7 +307,8 @@ def _innermost_frame(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for what starts inside (e.g. child processes), restored after."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

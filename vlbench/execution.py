@@ -28,11 +28,13 @@ from typing import Any
 import torch
 
 from vlbench.config import UserError
+from vlbench.distributed import cpu_thread_share, environment
 from vlbench.store import OwnershipError, Store
 
 HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
 PROGRESS_S = 2.0  # how often fresh progress (epoch, step, ETA) reaches the store for the live view
 BACKENDS = ("local", "slurm")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -77,35 +79,10 @@ class ExecutionOptions:
         return max(1, torch.cuda.device_count() // self.nproc_per_run) if torch.cuda.is_available() else 1
 
 
-def thread_share(processes: int) -> int:
-    """The threads each of `processes` processes on this machine gets: oversubscribed OpenMP threads
-    make two runs on two cores many times slower than one after the other."""
-    return max(1, len(os.sched_getaffinity(0)) // processes)
-
-
 def use_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
     torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def environment(**values: str | None):
-    """Set (or, for None, remove) environment variables for what starts inside, e.g. a child process."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class StopFlag:
@@ -197,11 +174,11 @@ def start_local_workers(n: int, target, args: tuple, gpus_per_worker: int) -> li
     """N spawned processes running `target(worker_index, *args)`, each with its share of the cores
     (threads) or its own GPUs (CUDA_VISIBLE_DEVICES)."""
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA state or torch thread pools
-    threads = thread_share(n)
+    threads = cpu_thread_share(n)  # oversubscribed threads make 2 runs on 2 cores far slower than 1 after 1
     processes = []
     for i in range(n):
         gpus = ",".join(str(i * gpus_per_worker + g) for g in range(gpus_per_worker)) if gpus_per_worker else None
-        env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        env = {v: str(threads) for v in THREAD_VARIABLES}
         with environment(**env, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})):
             p = ctx.Process(target=target, args=(i, threads, *args), name=f"vlbench-worker-{i}")
             p.start()
@@ -223,7 +200,8 @@ def slurm_executor(options: ExecutionOptions, folder: Path, name: str):
     import submitit
 
     s = options.slurm
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    # requeues after a time limit are bounded here (submitit counts them); preemptions are always requeued
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=s.max_requeues)
     params: dict[str, Any] = dict(
         name=name,
         timeout_min=s.time_min,
@@ -231,7 +209,6 @@ def slurm_executor(options: ExecutionOptions, folder: Path, name: str):
         tasks_per_node=1,  # the run's own launcher starts its K DDP processes
         cpus_per_task=s.cpus,
         slurm_array_parallelism=s.array_parallelism,
-        slurm_max_num_timeout=s.max_requeues,
     )
     if s.partition:
         params["slurm_partition"] = s.partition
@@ -241,6 +218,19 @@ def slurm_executor(options: ExecutionOptions, folder: Path, name: str):
         params["slurm_additional_parameters"] = dict(s.extra)
     executor.update_parameters(**params)
     return executor
+
+
+def slurm_array_active(array_id: str) -> bool:
+    """Whether any task of the job array is still pending, running or requeued (squeue lists it)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell now; ask again
+    if out.returncode != 0:  # squeue forgets ended jobs after a while: then the array is over
+        return "Invalid job id" not in out.stderr
+    return bool(out.stdout.strip())
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:

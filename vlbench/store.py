@@ -571,6 +571,18 @@ class Store:
         """Stopped on purpose (Ctrl-C, SIGTERM, preemption): not failed; the next sweep resumes it."""
         self._end_run(run_id, owner, "interrupted", reason)
 
+    def interrupt_runs_of_this_process(self, reason: str) -> list[str]:
+        """Mark every run this process owns as interrupted (a Slurm task about to be requeued: the
+        requeued task, on any host, may claim them at once). Returns their labels."""
+        prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        with self._write() as s, s.begin():
+            runs = s.scalars(select(Run).where(Run.status == "running", Run.owner.startswith(prefix)).with_for_update())
+            labels = []
+            for run in runs:
+                run.status, run.error, run.finished_at = "interrupted", reason, _now()
+                labels.append(run.label)
+            return labels
+
     def _end_run(self, run_id: int, owner: str, status: str, error: str) -> None:
         with self._write() as s, s.begin():
             run = self._owned_run(s, run_id, owner)

@@ -41,6 +41,7 @@ from vlbench.execution import (
     ExecutionOptions,
     RunMonitor,
     StopFlag,
+    slurm_array_active,
     slurm_executor,
     start_local_workers,
     stop_workers,
@@ -324,9 +325,14 @@ class SlurmRun:
             return execute_run(RunConfig.from_dict(cfg_dict), self.ctx, store, {}, stop)
 
     def checkpoint(self, cfg_dict: dict):
+        """Called by submitit (in its USR2 handler, mid-step) before it requeues the task and exits: the
+        run resumes from its last checkpoint on disk; marking it interrupted lets the requeued task
+        claim it at once, on whichever host it lands."""
         import submitit
 
-        # the requeued task finds the run stale (this process is gone) and resumes it from its checkpoint
+        Store(self.ctx.db_url).interrupt_runs_of_this_process(
+            "requeued by Slurm (time limit or preemption); resumes from its last checkpoint"
+        )
         return submitit.helpers.DelayedSubmission(SlurmRun(self.ctx), cfg_dict)
 
 
@@ -343,7 +349,7 @@ def submit_slurm(todo: list[RunConfig], ctx: SweepContext, store: Store, console
     if not ctx.execution.wait:
         return
     with GridView(store, [(c.key(), c.label()) for c in todo], console, slurm=True) as view:
-        while not all(job.done() for job in jobs):
+        while slurm_array_active(summary.submitted):  # squeue: sacct (accounting) is often not there
             view.refresh()
             time.sleep(2.0)
 
