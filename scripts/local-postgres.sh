@@ -125,7 +125,8 @@ cmd_stop() {
   else
     log "not running"
   fi
-  rm -rf "$PG_DIR"
+  # only a folder this script made (a server's data under it) is removed, never whatever VLBENCH_PG_DIR names
+  if [ -f "$PORT_FILE" ] || [ -f "$DATA/PG_VERSION" ]; then rm -rf "$PG_DIR"; fi
 }
 
 # serialise start/stop on the same folder (e.g. two pytest sessions starting at once)

@@ -183,6 +183,11 @@ stop_pidfiles() {
 }
 
 cmd_stop_daemons() {
+  # a cluster this script did not configure is somebody else's: its jobs and daemons are left alone
+  if [ -f "$ETC_CONF" ] && ! grep -qF "$MARKER" "$ETC_CONF"; then
+    log "$ETC_CONF was not written by this script: not stopping that cluster"
+    return
+  fi
   if scontrol ping >/dev/null 2>&1; then
     # jobs first, so no slurmstepd/job process outlives the cluster
     local jobs

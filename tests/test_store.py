@@ -1,10 +1,12 @@
-"""The results database: claim/record/finish round trips, ownership, retries, concurrency, bad URLs."""
+"""The results database: claim/record/finish round trips, ownership, retries, concurrency, bad URLs;
+on SQLite and on a real PostgreSQL server (tests/services.py)."""
 
 import sqlite3
 import threading
 from datetime import timezone
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from vlbench.config import RunConfig, UserError
@@ -19,9 +21,16 @@ def cfg(method="adapter", sharing="single", hidden_dim=8, seed=1, **kw):
     return RunConfig(method=method, sharing=sharing, hidden_dim=hidden_dim, seed=seed, **kw)
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(Store.default_url(tmp_path / "runs"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return Store(Store.default_url(tmp_path / "runs"))
+    return Store(request.getfixturevalue("fresh_postgres_url"))
+
+
+def execute(store, statement: str, **params) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
 
 
 @pytest.fixture
@@ -109,8 +118,7 @@ def test_running_run_is_taken_over_only_when_stale(store, sweep, tmp_path):
         store.claim_run(sweep, c, PROV)
 
     # a run left "running" by a process on another host: only taken over when asked to
-    with sqlite3.connect(tmp_path / "runs" / "vlbench.db") as db:
-        db.execute("UPDATE runs SET owner = 'otherhost:123:x' WHERE id = ?", (run_id,))
+    execute(store, "UPDATE runs SET owner = 'otherhost:123:x' WHERE id = :id", id=run_id)
     with pytest.raises(ClaimError):
         store.claim_run(sweep, c, PROV)
     run_id2, owner2 = store.claim_run(sweep, c, PROV, steal=True)
@@ -239,7 +247,8 @@ def test_failed_write_leaves_nothing(store, sweep, tmp_path):
         store.record_metrics(run_id, owner, "val", 1, {"gqa": {"score": 0.3}, "vqa": {"score": 0.5}})
     assert store.val_history(run_id).values.tolist() == [[1, "vqa", "score", 0.5]]
 
-    with sqlite3.connect(tmp_path / "runs" / "vlbench.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if store.engine.dialect.name == "sqlite":
+        with sqlite3.connect(tmp_path / "runs" / "vlbench.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.finish_run(run_id, owner, {})  # the store is still usable
     assert store.status_of(cfg().key()) == "done"

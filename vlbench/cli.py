@@ -212,11 +212,15 @@ def sweep_suite(
             console.print(plan_table(configs))
             return
         project_folder(REPORTS_DIR, "reports")
+        runs_dir = project_folder(RUNS_DIR, "runs")
         store = open_store(db)
-        command = shlex.join(["vlbench", *sys.argv[1:]])
-        summary = run_sweep(configs, store, name, command, project_folder(RUNS_DIR, "runs"), console, execution)
+        command = shlex.join(["vlbench", *(store.url if arg == db else arg for arg in sys.argv[1:])])  # no password
+        summary = run_sweep(configs, store, name, command, runs_dir, console, execution)
     except UserError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # Ctrl-C twice: stopped at once
+        err_console.print("stopped at once; the interrupted runs resume from their last checkpoints on the next sweep")
+        raise typer.Exit(130)
     if summary.submitted and not wait:
         console.print(f"`vlbench status --sweep {name}` shows the array's progress")
         return
@@ -451,7 +455,15 @@ def db_export(
         if fmt not in EXPORT_FORMATS:
             raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
         target = out or project_folder(REPORTS_DIR, "reports") / "export" / f"runs.{fmt}"
-        n = export_runs(open_store(db, reading=True), target, fmt, sweep_name)
+        if target.is_dir():
+            raise UserError(f"--out: {target} is a folder; give a file name")
+        if target.suffix == ".db" or target.name.startswith("vlbench.db"):
+            raise UserError(f"--out: {target} looks like a database; the export is not written over one")
+        store = open_store(db, reading=True)
+        try:
+            n = export_runs(store, target, fmt, sweep_name)
+        except OSError as e:
+            raise UserError(f"--out: cannot write {target}: {e.strerror or e}") from e
     except UserError as e:
         fail(str(e))
     console.print(f"{n} run(s) written to {target}")

@@ -104,13 +104,16 @@ def process_group(device_type: str = "cpu") -> Iterator[Dist]:
         destroy()
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
+
+
 def cores_available() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_thread_share(nproc: int) -> int:
-    """Intra-op threads per rank when nproc ranks share this machine's cores."""
-    return max(1, cores_available() // nproc)
+def cpu_thread_share(nproc: int, budget: int | None = None) -> int:
+    """Intra-op threads for each of nproc processes sharing `budget` threads (default: this machine's cores)."""
+    return max(1, (budget or cores_available()) // nproc)
 
 
 def free_port() -> int:
@@ -141,7 +144,7 @@ def launch(nproc: int, fn: Callable, *args: Any) -> dict[int, Any]:
     on 127.0.0.1 at a free port, max_restarts=0, spawn) and return {rank: fn's return value}.
 
     `fn` and `args` must be picklable (a module-level function); inside, fn calls `init_from_env`.
-    Each rank gets `cpu_thread_share(nproc)` intra-op threads (and OMP_NUM_THREADS). A failure in any
+    Each rank gets its share of this process's threads (and the OpenMP/MKL variables). A failure in any
     rank stops the others and raises one LaunchError naming the failing rank and its error.
 
     Signals (main thread): SIGTERM is forwarded to the ranks and launch keeps waiting, so ranks that
@@ -154,7 +157,7 @@ def launch(nproc: int, fn: Callable, *args: Any) -> dict[int, Any]:
 
     if nproc < 1:
         raise ValueError(f"launch: nproc must be >= 1, not {nproc}")
-    threads = cpu_thread_share(nproc)
+    threads = cpu_thread_share(nproc, torch.get_num_threads())  # a local worker's ranks share the worker's threads
     with tempfile.TemporaryDirectory(prefix="vlbench-launch-") as tmp:
         folder = Path(tmp) / "ranks"
         folder.mkdir()
@@ -172,7 +175,8 @@ def launch(nproc: int, fn: Callable, *args: Any) -> dict[int, Any]:
             local_addr="127.0.0.1",
             signals_to_handle="",  # the agent would kill the ranks on the first signal: launch handles them
         )
-        with environment(OMP_NUM_THREADS=str(threads)), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
+        thread_env = {v: str(threads) for v in THREAD_VARIABLES}
+        with environment(**thread_env), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
             try:
                 return elastic_launch(config, _rank_main)(fn, threads, str(folder), *args)
             except ChildFailedError as e:

@@ -28,13 +28,12 @@ from typing import Any
 import torch
 
 from vlbench.config import UserError
-from vlbench.distributed import cpu_thread_share, environment
+from vlbench.distributed import THREAD_VARIABLES, cpu_thread_share, environment
 from vlbench.store import OwnershipError, Store
 
 HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
 PROGRESS_S = 2.0  # how often fresh progress (epoch, step, ETA) reaches the store for the live view
 BACKENDS = ("local", "slurm")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,25 @@ class ExecutionOptions:
         ):  # fmt: skip
             if value is not None and value < least:
                 raise UserError(f"{flag}: must be at least {least}, got {value}")
+        if self.slurm.max_requeues < 0:
+            raise UserError(f"--slurm-max-requeues: must be at least 0, got {self.slurm.max_requeues}")
         if self.backend == "slurm" and self.workers not in (None, 1):
             raise UserError("--workers: Slurm runs the array's tasks in parallel (--slurm-array-parallelism)")
+        if self.backend == "local" and (self.wait or self.slurm != SlurmOptions()):
+            raise UserError("--wait and the --slurm-* flags go with --backend slurm")
+        gpus = len(visible_gpus())
+        if self.backend == "local" and gpus and self.local_workers() * self.nproc_per_run > gpus:
+            raise UserError(
+                f"--workers/--nproc-per-run: {self.local_workers()} worker(s) x {self.nproc_per_run} process(es) "
+                f"need {self.local_workers() * self.nproc_per_run} GPUs; {gpus} visible"
+            )
+        if self.backend == "slurm" and self.slurm.gpus and self.slurm.gpus < self.nproc_per_run:
+            raise UserError(f"--slurm-gpus: {self.slurm.gpus} GPU(s) per run cannot hold --nproc-per-run {self.nproc_per_run}")
 
     def local_workers(self) -> int:
         if self.workers is not None:
             return self.workers
-        return max(1, torch.cuda.device_count() // self.nproc_per_run) if torch.cuda.is_available() else 1
+        return max(1, len(visible_gpus()) // self.nproc_per_run) if torch.cuda.is_available() else 1
 
 
 def use_threads(threads: int) -> None:
@@ -85,31 +96,40 @@ def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+class RunTakenOver(Exception):
+    """Another process reclaimed this run (this one was presumed dead): stop at once, write nothing."""
+
+
 class StopFlag:
-    """Raised by SIGINT or SIGTERM; the engine polls it after every step, checkpoints and stops.
-    A second SIGINT stops at once (KeyboardInterrupt), as a user pressing Ctrl-C twice expects."""
+    """Raised by SIGINT or SIGTERM (and, in a Slurm task, SIGUSR2); the engine polls it after every
+    step, checkpoints and stops. A second SIGINT stops at once (KeyboardInterrupt), as a user pressing
+    Ctrl-C twice expects. When the run was taken over, polling it raises RunTakenOver instead, so
+    the engine leaves the new owner's checkpoint alone."""
 
     def __init__(self):
         self.reason: str | None = None
+        self.taken_over = False
 
     def __call__(self) -> bool:
+        if self.taken_over:
+            raise RunTakenOver("another process reclaimed this run; it stopped without writing")
         return self.reason is not None
 
     def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.reason = name
+        self.reason = signal.Signals(signum).name
 
     @contextlib.contextmanager
-    def installed(self):
-        """Handle SIGINT/SIGTERM while inside (main thread only; elsewhere the caller's handlers stay)."""
+    def installed(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+        """Handle `signals` while inside (main thread only; elsewhere the caller's handlers stay).
+        Yields the handlers it replaced."""
         if threading.current_thread() is not threading.main_thread():
-            yield self
+            yield {}
             return
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._handle) for s in signals}
         try:
-            yield self
+            yield old
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
@@ -118,13 +138,11 @@ class StopFlag:
 class RunMonitor:
     """A running run's heartbeat and progress, written by a background thread so that long steps or
     evaluations never make a live run look stale. If the run is taken over by another process (this
-    one was presumed dead), `lost` is set and the stop flag raised."""
+    one was presumed dead), the stop flag says so at the next step."""
 
     def __init__(self, store: Store, run_id: int, owner: str, stop: StopFlag):
         self.store, self.run_id, self.owner, self.stop = store, run_id, owner, stop
         self.progress: dict[str, Any] = {"phase": "starting"}
-        self.lost = False
-        self._started = time.monotonic()
         self._first_step: tuple[int, float] | None = None
         self._written: dict | None = None
         self._done = threading.Event()
@@ -146,9 +164,6 @@ class RunMonitor:
         eta = (now - t0) / (step - first) * (total_steps - step) if step > first else None
         self.progress = {"phase": "train", "epoch": epoch, "step": step, "total_steps": total_steps, "eta_s": eta}
 
-    def phase(self, name: str) -> None:
-        self.progress = {**self.progress, "phase": name}
-
     def _beat(self) -> None:
         last = 0.0
         while not self._done.wait(PROGRESS_S):
@@ -158,8 +173,7 @@ class RunMonitor:
             try:
                 self.store.heartbeat(self.run_id, self.owner, progress)
             except OwnershipError:  # another process reclaimed the run: stop training it
-                self.lost = True
-                self.stop.reason = self.stop.reason or "lost ownership"
+                self.stop.taken_over = True
                 return
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the run; the next beat retries
                 continue
@@ -175,15 +189,25 @@ def start_local_workers(n: int, target, args: tuple, gpus_per_worker: int) -> li
     (threads) or its own GPUs (CUDA_VISIBLE_DEVICES)."""
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA state or torch thread pools
     threads = cpu_thread_share(n)  # oversubscribed threads make 2 runs on 2 cores far slower than 1 after 1
+    visible = visible_gpus()
     processes = []
     for i in range(n):
-        gpus = ",".join(str(i * gpus_per_worker + g) for g in range(gpus_per_worker)) if gpus_per_worker else None
+        mine = visible[i * gpus_per_worker : (i + 1) * gpus_per_worker]
+        gpus = ",".join(mine) if gpus_per_worker else None
         env = {v: str(threads) for v in THREAD_VARIABLES}
         with environment(**env, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})):
             p = ctx.Process(target=target, args=(i, threads, *args), name=f"vlbench-worker-{i}")
             p.start()
         processes.append(p)
     return processes
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (workers split these)."""
+    if not torch.cuda.is_available():
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in given.split(",") if g.strip()] if given else [str(i) for i in range(torch.cuda.device_count())]
 
 
 def stop_workers(processes: list[multiprocessing.Process], signum: int = signal.SIGTERM) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from vlbench.config import UserError
 from vlbench.files import atomic_write
@@ -70,10 +71,12 @@ def rebuild(source: Path, store: Store) -> RebuildSummary:
     for path in sorted(Path(source).glob("*/*/run.json")):
         try:
             doc = json.loads(path.read_text())
-            if not {"sweep", "run", "params", "metrics"} <= set(doc):
+            if not isinstance(doc, dict) or not {"sweep", "run", "params", "metrics"} <= set(doc):
                 raise ValueError("not a vlbench run document")
+            if doc["run"].get("status") not in ("done", "failed", "interrupted"):
+                raise ValueError(f"status {doc['run'].get('status')!r} is not a finished run's")
             imported = store.import_run(doc)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, SQLAlchemyError) as e:
             summary.unreadable.append((path, f"{type(e).__name__}: {e}"))
             continue
         if imported:

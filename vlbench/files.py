@@ -14,6 +14,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a crash never leaves a named empty file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

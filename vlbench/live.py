@@ -46,8 +46,8 @@ def describe(run: RunRecord | None) -> tuple[str, str, str]:
 
 
 class GridView:
-    """Polls the store for the given (key, label) runs; `refresh()` once, or run it in a thread while
-    the runs execute (`with GridView(...).running():`)."""
+    """Polls the store for the given (key, label) runs: `refresh()` from the caller's loop, or
+    `poll_in_background()` while this process trains (`with GridView(...) as view:`)."""
 
     def __init__(self, store: Store, runs: list[tuple[str, str]], console: Console, slurm: bool = False):
         self.store, self.runs, self.console, self.slurm = store, runs, console, slurm
@@ -127,7 +127,7 @@ def status_tables(store: Store, sweep: str | None, failed_only: bool) -> list[Ta
     from vlbench.execution import slurm_states
 
     runs = store.runs(sweep=sweep, status="failed" if failed_only else None)
-    slurm = slurm_states([r.slurm_job_id for r in runs if r.slurm_job_id and r.status == "running"])
+    slurm = slurm_states([r.slurm_job_id for r in runs if r.slurm_job_id and r.status in ("running", "interrupted")])
     tables = []
     for name in dict.fromkeys(r.sweep for r in runs):
         mine = [r for r in runs if r.sweep == name]
@@ -141,10 +141,11 @@ def status_tables(store: Store, sweep: str | None, failed_only: bool) -> list[Ta
         with_slurm = any(r.slurm_job_id for r in mine)
         columns = ["run", "state", "progress", "params %", "train s", "finished", *(["slurm job"] * with_slurm), "error"]
         table = Table(*columns, title=f"sweep {name}")
+        table.columns[0].no_wrap = True  # a run's label is its name: never broken over lines
         for r in mine:
             state, where, eta = describe(r)
             colour = COLOURS.get(state, "dim")
-            progress = (where + (f", ETA {eta}" if eta != "-" else "")) if r.status == "running" else ""
+            progress = (where + (f", ETA {eta}" if eta != "-" else "")) if state == "running" else where if r.stale else ""
             job = [f"{r.slurm_job_id} {slurm.get(r.slurm_job_id, '')}".strip() if r.slurm_job_id else "-"] * with_slurm
             table.add_row(
                 r.label, f"[{colour}]{state}[/{colour}]", progress,

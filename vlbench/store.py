@@ -24,7 +24,7 @@ import socket
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Engine,
     ForeignKey,
@@ -142,7 +143,7 @@ class Run(Base):
     eval_seconds: Mapped[float | None]
     samples_per_second: Mapped[float | None]
     peak_memory_mb: Mapped[float | None]
-    checkpoint_bytes: Mapped[int | None]
+    checkpoint_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # revision 0002: execution on many workers and hosts
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     progress_json: Mapped[str | None] = mapped_column(Text)  # {"epoch", "step", "total_steps", "phase"}
@@ -167,8 +168,8 @@ class Metric(Base):
 class ParamCount(Base):
     __tablename__ = "param_counts"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)  # one row per run
-    trainable: Mapped[int]
-    total: Mapped[int]
+    trainable: Mapped[int] = mapped_column(BigInteger)  # a 7B LM's count does not fit 32 bits
+    total: Mapped[int] = mapped_column(BigInteger)
     percent: Mapped[float]
     convention: Mapped[str] = mapped_column(Text)
     components_json: Mapped[str] = mapped_column(Text)
@@ -312,8 +313,10 @@ def schema_head() -> str:
 
 
 def _foreign(tables: set[str]) -> set[str]:
-    """Tables that say the database belongs to something else: some, but not vlbench's."""
-    return set() if not tables or VLBENCH_TABLES <= tables else tables - VLBENCH_TABLES - {"alembic_version"}
+    """The tables of a database that is not vlbench's (some tables, but not all of the base schema's)."""
+    if not tables or VLBENCH_TABLES <= tables:
+        return set()
+    return tables - {"alembic_version"} or tables
 
 
 class Store:
@@ -334,6 +337,7 @@ class Store:
             self.url = shown
             # the URL other processes (workers, Slurm tasks, DDP ranks) open: a SQLite path made absolute
             self.shareable_url = url
+            self.in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 self._check_sqlite_file(Path(parsed.database), shown, create)
                 self.shareable_url = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(False)
@@ -419,6 +423,12 @@ class Store:
     # --- writes ---------------------------------------------------------------------------
 
     def get_or_create_sweep(self, name: str, suite: str, profile: str, command: str) -> int:
+        try:
+            return self._get_or_create_sweep(name, suite, profile, command)
+        except exc.IntegrityError:  # another process created it between our look and our insert
+            return self._get_or_create_sweep(name, suite, profile, command)
+
+    def _get_or_create_sweep(self, name: str, suite: str, profile: str, command: str) -> int:
         with self._write() as s, s.begin():
             sweep = s.scalar(select(Sweep).where(Sweep.name == name))
             if sweep is None:
@@ -446,7 +456,9 @@ class Store:
         as running and owned by this process.
 
         A run that is "running" is taken over only when it is stale (its owner died on this host, or
-        its heartbeat is older than `stale_after`), or when `steal` is set.
+        its heartbeat is older than `stale_after`), when its owner was an earlier attempt of the same
+        Slurm job (Slurm starts an attempt only after the previous one ended, on whichever node), or
+        when `steal` is set.
         Returns (run_id, owner); pass the owner to every later write.
         """
         unknown = set(provenance) - set(PROVENANCE_KEYS)
@@ -464,7 +476,11 @@ class Store:
                     raise ClaimError(f"run {config.label()} ({key}) is done; it is not run again")
                 elif run.status == "failed" and not retry_failed:
                     raise ClaimError(f"run {config.label()} ({key}) failed ({run.error}); --retry-failed retries it")
-                elif run.status == "running" and not (steal or _is_stale(run, self.stale_after, _now())):
+                elif run.status == "running" and not (
+                    steal
+                    or _is_stale(run, self.stale_after, _now())
+                    or (provenance.get("slurm_job_id") and run.slurm_job_id == provenance["slurm_job_id"])
+                ):
                     raise ClaimError(f"run {config.label()} ({key}) is being run by {run.owner}")
                 else:  # a retry or resume starts its record afresh (a resume re-records its checkpoint's history)
                     s.execute(delete(Metric).where(Metric.run_id == run.id))
@@ -509,6 +525,15 @@ class Store:
         if run.status != "running":
             raise OwnershipError(f"run {run.label} ({run.key}) is {run.status}, not running")
         return run
+
+    def reset_failed(self, keys: list[str]) -> list[str]:
+        """Put failed runs back to pending, to be trained again from scratch (--retry-failed): once,
+        by whichever worker claims each first. Returns their run folders (for their checkpoints)."""
+        with self._write() as s, s.begin():
+            runs = list(s.scalars(select(Run).where(Run.key.in_(keys), Run.status == "failed").with_for_update()))
+            for run in runs:
+                run.status, run.resumed_from_json = "pending", None
+            return [run.run_dir for run in runs if run.run_dir]
 
     def heartbeat(self, run_id: int, owner: str, progress: dict | None = None) -> None:
         """The owner is alive (and, optionally, where it is). OwnershipError once the run was taken over."""
@@ -570,18 +595,6 @@ class Store:
     def interrupt_run(self, run_id: int, owner: str, reason: str) -> None:
         """Stopped on purpose (Ctrl-C, SIGTERM, preemption): not failed; the next sweep resumes it."""
         self._end_run(run_id, owner, "interrupted", reason)
-
-    def interrupt_runs_of_this_process(self, reason: str) -> list[str]:
-        """Mark every run this process owns as interrupted (a Slurm task about to be requeued: the
-        requeued task, on any host, may claim them at once). Returns their labels."""
-        prefix = f"{socket.gethostname()}:{os.getpid()}:"
-        with self._write() as s, s.begin():
-            runs = s.scalars(select(Run).where(Run.status == "running", Run.owner.startswith(prefix)).with_for_update())
-            labels = []
-            for run in runs:
-                run.status, run.error, run.finished_at = "interrupted", reason, _now()
-                labels.append(run.label)
-            return labels
 
     def _end_run(self, run_id: int, owner: str, status: str, error: str) -> None:
         with self._write() as s, s.begin():

@@ -11,11 +11,13 @@ a failed one is retried only when asked (--retry-failed); an interrupted or stal
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import time
@@ -30,6 +32,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors.torch import save_file
+from sqlalchemy.exc import SQLAlchemyError
 
 from vlbench import backbones as backbone_registry
 from vlbench.backbones import Backbones, BackboneSpec, load_backbones
@@ -40,6 +43,7 @@ from vlbench.engine import Interrupted, train
 from vlbench.execution import (
     ExecutionOptions,
     RunMonitor,
+    RunTakenOver,
     StopFlag,
     slurm_array_active,
     slurm_executor,
@@ -67,6 +71,7 @@ class SweepSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
     interrupted: list[tuple[str, str]] = field(default_factory=list)  # (label, where it stopped)
     not_retried: list[str] = field(default_factory=list)  # failed earlier, left alone without --retry-failed
+    elsewhere: list[str] = field(default_factory=list)  # running in another live process (worker, array task)
     submitted: str | None = None  # the Slurm job array's id
     seconds: float = 0.0
 
@@ -99,11 +104,20 @@ class SweepContext:
         if threads is not None:
             use_threads(threads)
         backbone_registry.BACKBONES.update(self.specs)
-        return Store(self.db_url, stale_after=self.stale_after)
+        return open_shared_store(self.db_url, self.stale_after)
 
     @property
     def cache_dir(self) -> Path:
         return Path(self.runs_dir) / "cache"
+
+
+DB_URL_ENV = "VLBENCH_DB_URL"  # the store's full URL (with its password) for the sweep's other processes
+
+
+def open_shared_store(shown_url: str, stale_after: float) -> Store:
+    """The sweep's store, from a worker, array task or rank: it exists already (never created here,
+    so a task on a node that cannot see it fails instead of filling an empty one)."""
+    return Store(os.environ.get(DB_URL_ENV, shown_url), create=False, stale_after=stale_after)
 
 
 def run_sweep(
@@ -128,14 +142,25 @@ def run_sweep(
             summary.skipped.append(cfg.label())
         elif record is not None and record.status == "failed" and not execution.retry_failed:
             summary.not_retried.append(cfg.label())
+        elif record is not None and record.status == "running" and not record.stale:
+            summary.elsewhere.append(cfg.label())
         else:
             todo.append(cfg)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} run(s) already done, skipped[/dim]")
+    if summary.elsewhere:
+        console.print(f"[dim]{len(summary.elsewhere)} run(s) being trained by live processes, left to them[/dim]")
     if summary.not_retried:
         console.print(f"[yellow]{len(summary.not_retried)} failed run(s) not retried[/yellow] (--retry-failed retries them)")
+    if execution.retry_failed:  # each failed run trains again once, from scratch (its checkpoint led to the failure)
+        for run_dir in store.reset_failed([c.key() for c in todo]):
+            remove_checkpoint(Path(run_dir) / "checkpoint")
+    if store.in_memory and (execution.backend == "slurm" or execution.local_workers() > 1 or execution.nproc_per_run > 1):
+        raise UserError("--db: an in-memory SQLite database lives in one process; workers, Slurm tasks and DDP ranks need a file or a server")
+    # the password travels in the environment (workers and Slurm tasks inherit it), not in pickles on disk
+    os.environ[DB_URL_ENV] = store.shareable_url
     context = SweepContext(
-        db_url=store.shareable_url, sweep_id=sweep_id, sweep_name=sweep_name, runs_dir=str(Path(runs_dir).resolve()),
+        db_url=store.url, sweep_id=sweep_id, sweep_name=sweep_name, runs_dir=str(Path(runs_dir).resolve()),
         specs={c.backbone: backbone_registry.BACKBONES[c.backbone] for c in configs}, execution=execution,
         stale_after=store.stale_after,
     )  # fmt: skip
@@ -158,7 +183,8 @@ def run_sweep(
             run_here(todo, context, store, resources, console)
         else:
             run_on_workers(todo, context, store, console)
-    collect(todo, store, summary)
+    collect([*baselines, *todo], store, summary, finished=execution.backend == "local" or execution.wait)
+    summary.done = [label for label in summary.done if label not in {c.label() for c in baselines}]  # not trained
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -211,19 +237,24 @@ def worker_main(index: int, threads: int, ctx: SweepContext, cfg_dicts: list[dic
             execute_run(cfg, ctx, store, resources, stop)
 
 
-def collect(todo: list[RunConfig], store: Store, summary: SweepSummary) -> None:
-    """What became of the runs this sweep handed out, as the store has it."""
-    records = {r.key: r for r in store.runs(keys=[c.key() for c in todo])}
-    for cfg in todo:
+def collect(configs: list[RunConfig], store: Store, summary: SweepSummary, finished: bool) -> None:
+    """What became of the runs this sweep handed out, as the store has it. When the backend has
+    finished (local, or Slurm with --wait), a run left unfinished is a failure too: its process died
+    before it could say so (OOM-killed, a crashed worker, a database it could not reach)."""
+    records = {r.key: r for r in store.runs(keys=[c.key() for c in configs])}
+    for cfg in configs:
         r = records.get(cfg.key())
-        if r is None:
-            continue
-        if r.status == "done":
+        if r is not None and r.status == "done":
             summary.done.append(cfg.label())
-        elif r.status == "failed":
+        elif r is not None and r.status == "failed":
             summary.failed.append((cfg.label(), r.error or ""))
-        elif r.status == "interrupted":
+        elif r is not None and r.status == "interrupted":
             summary.interrupted.append((cfg.label(), r.error or ""))
+        elif r is not None and r.status == "running" and not r.stale:
+            summary.elsewhere.append(cfg.label())  # another live process (sweep, array task) has it
+        elif finished:
+            state = "never started" if r is None or r.status == "pending" else f"left {r.state}"
+            summary.failed.append((cfg.label(), f"{state}: its process ended before finishing it (see the log above)"))
 
 
 def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict, stop: StopFlag) -> tuple[str, str]:
@@ -231,18 +262,18 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
     Returns (outcome, detail): done | failed | interrupted | skipped (another process has it, or it
     is finished), and the reason where there is one."""
     key = cfg.key()
-    previous = store.run_dir_of(key)
-    if previous and has_checkpoint(Path(previous) / "checkpoint"):
-        run_dir = Path(previous)  # a resume continues in the folder that holds its checkpoint
-    else:
-        run_dir = Path(ctx.runs_dir) / ctx.sweep_name / key
     world_size = ctx.execution.nproc_per_run if cfg.method != TEXT_ONLY else 1
     try:
-        run_id, owner = store.claim_run(
-            ctx.sweep_id, cfg, provenance(world_size), retry_failed=ctx.execution.retry_failed, run_dir=str(run_dir)
-        )
+        previous = store.run_dir_of(key)
+        if previous and has_checkpoint(Path(previous) / "checkpoint"):
+            run_dir = Path(previous)  # a resume continues in the folder that holds its checkpoint
+        else:
+            run_dir = Path(ctx.runs_dir) / ctx.sweep_name / key
+        run_id, owner = store.claim_run(ctx.sweep_id, cfg, provenance(world_size), retry_failed=False, run_dir=str(run_dir))
     except ClaimError as e:  # another worker or sweep has it, or finished it meanwhile: not ours to train
         return "skipped", str(e)
+    except SQLAlchemyError as e:  # the database is unreachable: the run stays as it was, for a later sweep
+        return "skipped", f"database error: {one_line(e)}"
     try:
         if cfg.method == TEXT_ONLY:
             run_text_only(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir)
@@ -264,26 +295,28 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
             store.interrupt_run(run_id, owner, reason)
             _write_run_document(store, key, run_dir)
         return "interrupted", reason
+    except RunTakenOver as e:  # presumed dead and reclaimed by another process: its run now
+        return "skipped", str(e)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, from the last checkpoint
         with _unless_taken_over():
             store.interrupt_run(run_id, owner, "interrupted (Ctrl-C twice); resumes from its last checkpoint")
         raise
     except Exception as e:  # a failed run is recorded and the sweep goes on
-        reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        reason = one_line(e)
         with _unless_taken_over():
             store.fail_run(run_id, owner, reason)
             _write_run_document(store, key, run_dir)
         return "failed", reason
 
 
-class _unless_taken_over:
+def _unless_taken_over():
     """Writes to a run that another process reclaimed meanwhile (this one was presumed dead) are dropped."""
+    return contextlib.suppress(OwnershipError)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        return exc_type is not None and issubclass(exc_type, OwnershipError)
+def one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def resources_for(cfg: RunConfig, resources: dict, ctx: SweepContext) -> Resources:
@@ -300,10 +333,10 @@ def distributed_rank(ctx: SweepContext, cfg_dict: dict, run_id: int, owner: str,
 
     with process_group("cuda" if torch.cuda.is_available() else "cpu") as dist:
         backbone_registry.BACKBONES.update(ctx.specs)
-        store = Store(ctx.db_url, stale_after=ctx.stale_after) if dist.is_main else None
+        store = open_shared_store(ctx.db_url, ctx.stale_after) if dist.is_main else None
         cfg = RunConfig.from_dict(cfg_dict)
         stop = StopFlag()
-        with stop.installed():
+        with stop.installed((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)):  # USR2: Slurm signals every rank
             try:
                 train_run(cfg, resources_for(cfg, {}, ctx), store, run_id, owner, Path(run_dir), ctx.execution, stop, dist)
             except Interrupted as e:
@@ -312,8 +345,13 @@ def distributed_rank(ctx: SweepContext, cfg_dict: dict, run_id: int, owner: str,
 
 
 class SlurmRun:
-    """One Slurm array task: one run, resumable. submitit calls `checkpoint` when Slurm signals the
-    time limit or a preemption; the task is requeued and resumes from the run's last checkpoint."""
+    """One Slurm array task: one run, resumable (submitit's checkpointing protocol).
+
+    Slurm signals USR2 before a time limit (submitit's --signal=USR2@90) or at a preemption; here it
+    raises the stop flag like SIGTERM does, so the run writes a fresh checkpoint at its next step
+    and is marked interrupted; then submitit's own handler takes over: it calls `checkpoint` and
+    requeues the task (time-limit requeues bounded by --slurm-max-requeues). The requeued task,
+    same job id, reclaims the run at once and resumes it."""
 
     def __init__(self, ctx: SweepContext):
         self.ctx = ctx
@@ -321,18 +359,17 @@ class SlurmRun:
     def __call__(self, cfg_dict: dict) -> str:
         store = self.ctx.enter_process(self.ctx.execution.slurm.cpus)
         stop = StopFlag()
-        with stop.installed():
-            return execute_run(RunConfig.from_dict(cfg_dict), self.ctx, store, {}, stop)
+        with stop.installed((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)) as submitit_handlers:
+            outcome, detail = execute_run(RunConfig.from_dict(cfg_dict), self.ctx, store, {}, stop)
+        requeue = submitit_handlers.get(signal.SIGUSR2)
+        if outcome == "interrupted" and stop.reason == "SIGUSR2" and callable(requeue):
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint(), scontrol requeue, exit
+        return f"{outcome}: {detail}" if detail else outcome
 
     def checkpoint(self, cfg_dict: dict):
-        """Called by submitit (in its USR2 handler, mid-step) before it requeues the task and exits: the
-        run resumes from its last checkpoint on disk; marking it interrupted lets the requeued task
-        claim it at once, on whichever host it lands."""
+        """submitit's requeue hook: the run's checkpoint is already on disk; run the task again."""
         import submitit
 
-        Store(self.ctx.db_url).interrupt_runs_of_this_process(
-            "requeued by Slurm (time limit or preemption); resumes from its last checkpoint"
-        )
         return submitit.helpers.DelayedSubmission(SlurmRun(self.ctx), cfg_dict)
 
 
@@ -463,8 +500,6 @@ def train_run(
         store.record_metrics(run_id, owner, "test", result.epochs - 1, result.test)
         checkpoint = run_dir / "trainable.safetensors"
         write_run_folder(run_dir, cfg, result.test, model)
-        if not execution.keep_checkpoints:
-            remove_checkpoint(checkpoints.folder)
         store.finish_run(
             run_id,
             owner,
@@ -477,6 +512,8 @@ def train_run(
             },
         )
     _write_run_document(store, cfg.key(), run_dir)
+    if not execution.keep_checkpoints:  # only once the run is done: a kill before this resumes, not restarts
+        remove_checkpoint(checkpoints.folder)
 
 
 def text_only_configs(configs: list[RunConfig], store: Store) -> list[RunConfig]:
