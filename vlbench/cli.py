@@ -485,3 +485,46 @@ def db_rebuild(
     console.print(f"{summary.imported} run(s) imported, {summary.present} already in the database, from {source}")
     for path, problem in summary.unreadable:
         err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(problem)}", highlight=False)
+
+
+@app.command()
+def bench(
+    backbone: str = typer.Option("tiny", help="tiny or paper (CLIP RN101 + BART-base / T5-base), random weights"),
+    lm: str = typer.Option("bart", help="language model: bart or t5"),
+    methods: Optional[str] = typer.Option(
+        None, help="comma-separated method[:sharing], e.g. full,proj-only,adapter:single [default: Table 1's rows + proj-only]"
+    ),
+    batch_size: int = typer.Option(16, help="training batch size"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast around the forward passes)"),
+    steps: int = typer.Option(5, help="timed training steps per method"),
+    warmup: int = typer.Option(2, help="untimed training steps before them"),
+    fmt: str = typer.Option("markdown", "--format", help="what to print: markdown (a table in the terminal) or json"),
+):
+    """Measure training steps per method (time, memory, FLOPs, MFU), decoding, data reads and CLIP
+    extraction on this device; written to reports/bench/<device>-<backbone>-<precision>.{json,md}."""
+    import json
+
+    from vlbench.bench import FORMATS, BenchOptions, rich_table, render_markdown, run_bench, summary_lines, write_bench
+
+    try:
+        if fmt not in FORMATS:
+            raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+        folder = project_folder(REPORTS_DIR, "reports") / "bench"
+        options = BenchOptions(
+            backbone=backbone, lm=lm, methods=csv_list(methods, "--methods"), batch_size=batch_size,
+            device=device, precision=precision, steps=steps, warmup=warmup,
+        )  # fmt: skip
+        result = run_bench(options, progress=lambda message: err_console.print(f"[dim]{escape(message)}[/dim]"))
+        paths = write_bench(result, folder)
+    except UserError as e:
+        fail(str(e))
+    if fmt == "json":
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif console.is_terminal:
+        console.print(rich_table(result))
+        for line in summary_lines(result):
+            console.print(escape(line), highlight=False)
+    else:
+        print(render_markdown(result), end="")
+    err_console.print(f"[dim]written to {' and '.join(map(str, paths))}[/dim]")

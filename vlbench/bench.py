@@ -1,0 +1,684 @@
+"""`vlbench bench`: how fast vlbench trains, decodes and reads its data on this device.
+
+    run_bench(BenchOptions(...)) -> dict     every measurement, in one process (the JSON document)
+    render_markdown(result) -> str           the same as a report
+    write_bench(result, folder) -> paths     <device>-<backbone>-<precision>.json and .md, atomically
+
+What is measured, in this order (random weights everywhere: only the timing matters):
+
+1. peak: the device's dense matmul rate in fp32 and bf16 (square matmuls of growing size, best run).
+2. methods: per method, vlbench's own VL model (methods.build_vl_model on the backbone's LM) trained
+   on one batch of the profile's real shapes (paper: 20 text tokens, 36 visual tokens max-pooled 6x6
+   from a 7x7x2048 grid, 10 target tokens), with the engine's optimizer (engine.build_optimizer) and
+   the engine's step: forward, loss.item(), zero_grad, backward, clip_grad_norm_, optimizer and
+   scheduler steps. Warm-up steps are excluded; the median of the timed steps is `step_s`. Peak
+   memory is CUDA's max allocated, on CPU the RSS growth over the steps (sampled by a thread).
+   FLOPs are counted (torch.utils.flop_counter) over one more step; MFU = FLOPs / step_s / peak.
+   `vs_full` and `vs_floor` are step-time ratios to full fine-tuning and to `proj-only` (only
+   theta V->L trains: the backward runs only through activations, the least a frozen LM can cost).
+3. decode: greedy (VQA's token budget) and beam-5 (captions') generation, and NLVR2's one-step
+   choice scoring, in sequences/s at the profile's eval batch size, on the full fine-tuning model.
+4. data: images/s read from a safetensors ShardStore and from the h5 layout (a few hundred random
+   fp16 grids in a temporary folder, so warm page cache), and the share of a training step the
+   engine spends collating its batch from the ShardStore (engine.train collates synchronously).
+5. extract: CLIP grid extraction images/s through the backbone's vision tower (tiny: the tiny CLIP
+   ResNet at 128 px; paper: open_clip RN101 at 224 px), decoding and resizing excluded.
+
+A run uses every core this process may run on (torch threads = the CPU affinity) and no more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import ctypes
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vlbench.config import RunConfig, UserError
+
+DEFAULT_BATCH_SIZE = 16
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+FORMATS = ("markdown", "json")
+FLOOR = "proj-only"  # the frozen floor: only theta V->L trains
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """One training example as the profile's real tasks shape it (the grid comes from the backbone)."""
+
+    text_tokens: int  # input ids, <s> and </s> included
+    target_tokens: int  # label ids, <s> and </s> included
+    images: int = 1  # training batch: one image per example (VQA, GQA, COCO); NLVR2 scoring uses 2
+
+
+# paper: VQA/GQA questions and NLVR2 statements are ~10-30 BPE tokens, answers 3-5 and captions ~15:
+# 20 and 10, the anchors of issue #11. tiny: "vqa: how many circles are there?" is 10 word-level
+# tokens with <s> </s>; answers are 3 tokens, captions ~10.
+SHAPES = {"tiny": Shapes(text_tokens=10, target_tokens=6), "paper": Shapes(text_tokens=20, target_tokens=10)}
+MATMUL_STOP_S = 0.1  # matmul sizes double from 1024 until one product takes this long (or 8192)
+MEMORY_SAMPLE_S = 0.005  # RSS sampling interval on CPU where the kernel keeps no resettable peak
+EVAL_REPEATS = 2  # timed repeats of each decoding / extraction measurement, after one warm-up
+STORE_IMAGES = 256  # random grids written to each temporary feature store
+EXTRACT_BATCH = 32  # `vlbench features extract`'s default batch
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backbone: str = "tiny"  # profile size: tiny | paper
+    lm: str = "bart"  # bart | t5
+    methods: tuple[str, ...] | None = None  # "method" or "method:sharing"; None: Table 1's rows + proj-only
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "cpu"
+    precision: str = "fp32"
+    steps: int = 5  # timed training steps per method
+    warmup: int = 2  # untimed steps before them (the first allocates AdamW's state)
+
+
+def check_options(opts: BenchOptions) -> None:
+    """UserError (one line naming the flag) for anything the bench cannot run."""
+    from vlbench.profiles import PROFILES
+
+    if opts.backbone not in PROFILES:
+        raise UserError(f"--backbone: unknown backbone '{opts.backbone}' (choose from {', '.join(PROFILES)})")
+    PROFILES[opts.backbone].backbone("image-text", opts.lm)  # an unknown --lm
+    if opts.device not in DEVICES:
+        raise UserError(f"--device: unknown device '{opts.device}' (choose from {', '.join(DEVICES)})")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda asked for, but torch sees no CUDA device here")
+    if opts.precision not in PRECISIONS:
+        raise UserError(f"--precision: unknown precision '{opts.precision}' (choose from {', '.join(PRECISIONS)})")
+    if opts.precision == "bf16" and opts.device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision: this CUDA device has no bf16 support")
+    for flag, value, low in (("--steps", opts.steps, 1), ("--batch-size", opts.batch_size, 1), ("--warmup", opts.warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"{flag}: must be {'positive' if low else 'non-negative'}, got {value}")
+    if opts.methods is not None and not opts.methods:
+        raise UserError("--methods: give at least one method")
+
+
+def method_configs(opts: BenchOptions) -> list[RunConfig]:
+    """The RunConfigs a sweep would run for the benchmarked methods (the profile's hidden dims)."""
+    from vlbench.grid import GridRequest, expand
+    from vlbench.methods import get_method
+
+    request = GridRequest(profile=opts.backbone, lm=opts.lm, batch_size=opts.batch_size)
+    if opts.methods is None:
+        configs = expand(dataclasses.replace(request, preset="table1"))
+        configs += expand(dataclasses.replace(request, methods=(FLOOR,)))
+        return configs
+    configs = {}
+    for item in opts.methods:
+        name, _, sharing = item.partition(":")
+        method = get_method(name.strip())
+        sharing = sharing.strip() or None
+        if sharing is not None and sharing not in method.sharing_modes:
+            modes = f"choose from {', '.join(method.sharing_modes)}" if method.sharing_modes else "it has no sharing modes"
+            raise UserError(f"--methods: '{item}': {name} has no sharing '{sharing}' ({modes})")
+        for cfg in expand(dataclasses.replace(request, methods=(method.name,), sharing=(sharing,) if sharing else None)):
+            configs.setdefault(cfg.key(), cfg)
+    return list(configs.values())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int = EVAL_REPEATS, warmup: int = 1) -> float:
+    """The median wall time of `fn()` over `repeats` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def describe_device(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    name = platform.processor() or "cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"cpu: {name}, {threads} threads"
+
+
+def rss_bytes() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:  # /proc/self/statm: size resident shared ... in pages
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_memory() -> None:
+    """Free what earlier measurements left, and hand glibc's free heap back, so RSS starts low."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """Peak memory inside the block, in MB: CUDA's max allocated (weights included), or on CPU the
+    peak RSS growth over the RSS at entry. Linux keeps the peak itself (VmHWM, reset through
+    /proc/self/clear_refs); elsewhere a thread samples the RSS every MEMORY_SAMPLE_S. (A sampling
+    thread on Linux would cost time: on 2 cores each wake-up stalls the OpenMP workers' barriers.)"""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb = 0.0
+        self.thread = None
+
+    def __enter__(self):
+        release_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self.baseline = self.peak = rss_bytes()
+        if not reset_peak_rss():
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(MEMORY_SAMPLE_S):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join()
+        else:
+            self.peak = peak_rss_bytes()
+        self.mb = (max(self.peak, rss_bytes()) - self.baseline) / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS of this process to its current RSS (Linux); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return peak_rss_bytes() > 0
+    except (OSError, ValueError):
+        return False
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise ValueError("no VmHWM in /proc/self/status")
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter():
+    """FlopCounterMode, also counting the CPU flash-attention kernels it has no formula for."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    custom = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    }
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+# ----------------------------------------------------------------------------- 1. matmul peak
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The best dense matmul rate (GFLOP/s) over square sizes from 1024, doubling while one product
+    takes under MATMUL_STOP_S (at most 8192); each size runs a warm-up, then 3 timed loops."""
+    best, n = 0.0, 1024
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        once = time.perf_counter() - started
+        reps = max(1, min(200, int(MATMUL_STOP_S / max(once, 1e-6))))
+        for _ in range(3):
+            sync(device)
+            started = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=out)
+            sync(device)
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - started) / 1e9)
+        if once >= MATMUL_STOP_S or n >= 8192:
+            return best
+        n *= 2
+
+
+# ----------------------------------------------------------------------------- 2. training steps
+
+
+def random_batch(
+    n: int, shapes: Shapes, images: int, grid: int, feat_dim: int, text_vocab: int, device, labels: bool = True
+) -> dict[str, torch.Tensor]:
+    """A batch as TaskData.inputs / collate_train make it: no padding, random ids of the text vocabulary."""
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, text_vocab, (n, shapes.text_tokens), generator=g)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "feats": torch.randn(n, images, grid * grid, feat_dim, generator=g),
+    }
+    if labels:
+        batch["labels"] = torch.randint(5, text_vocab, (n, shapes.target_tokens), generator=g)
+        batch["weights"] = torch.ones(n)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def time_training(model, cfg: RunConfig, batch: dict, opts: BenchOptions, device: torch.device) -> dict:
+    """The engine's training step on `batch`: median time, peak memory, counted FLOPs."""
+    from vlbench.engine import build_optimizer
+
+    model.to(device).train()
+    model.router.task = "vqa"
+    optimizers, schedulers = build_optimizer(model, cfg.optim, opts.warmup + opts.steps + 1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:  # as engine.train, less collating (timed apart: data.wait_share)
+        with autocast(device, opts.precision):
+            loss = model.loss(batch)
+        loss.item()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
+
+    times = []
+    with PeakMemory(device) as memory:
+        for _ in range(opts.warmup):
+            step()
+        for _ in range(opts.steps):
+            sync(device)
+            started = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - started)
+    with flop_counter() as counter:
+        step()
+    return {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb,
+            "flops_per_step": float(counter.get_total_flops())}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- 3. decoding
+
+
+def time_decoding(model, env: "BenchEnv", opts: BenchOptions) -> dict:
+    from vlbench.tasks import TASKS
+
+    optim, device = env.profile.optim, env.device
+    n = optim.eval_batch_size
+    one = random_batch(n, env.shapes, 1, env.grid, env.feat_dim, env.text_vocab, device, labels=False)
+    two = random_batch(n, env.shapes, 2, env.grid, env.feat_dim, env.text_vocab, device, labels=False)
+    greedy_tokens = TASKS["vqa"].max_target_tokens + 2  # as TaskData.predict
+    beam_tokens = optim.caption_max_len + 2
+    choice_ids = [5, 6]  # NLVR2's "true" / "false" first tokens
+    model.to(device).eval()
+    model.router.task = "vqa"
+    with autocast(device, opts.precision):
+        greedy_s = median_time(lambda: model.generate(one, num_beams=1, max_new_tokens=greedy_tokens), device)
+        model.router.task = "caption"
+        beam_s = median_time(lambda: model.generate(one, num_beams=optim.caption_beams, max_new_tokens=beam_tokens), device)
+        model.router.task = "nlvr"
+        choice_s = median_time(lambda: model.choice_logits(two, choice_ids), device)
+    return {
+        "eval_batch_size": n,
+        "greedy_max_new_tokens": greedy_tokens,
+        "greedy_seq_per_s": n / greedy_s,
+        "beams": optim.caption_beams,
+        "beam_max_new_tokens": beam_tokens,
+        "beam_seq_per_s": n / beam_s,
+        "choice_seq_per_s": n / choice_s,
+    }
+
+
+# ----------------------------------------------------------------------------- 4. data pipeline
+
+
+def time_data(env: "BenchEnv", batch_size: int) -> dict:
+    """Reads/s of a ShardStore and an H5Store of STORE_IMAGES random grids, and collate_train's time
+    for one batch read from the ShardStore (the engine's data step: gather, pad, tokenise targets)."""
+    import random
+
+    import h5py
+
+    from vlbench.backbones import BACKBONES, shared_tiny_tokenizer
+    from vlbench.data import TaskData, collate_train
+    from vlbench.features import open_feature_store, write_shard
+    from vlbench.tasks import TASKS, Example
+
+    tokens = env.grid * env.grid
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(STORE_IMAGES, tokens, env.feat_dim, generator=g).to(torch.float16)
+    ids = [f"COCO_train2014_{i:012d}" for i in range(STORE_IMAGES)]
+    rng = random.Random(0)
+    read_batches = [rng.sample(ids, min(batch_size, len(ids))) for _ in range(max(8, 2 * STORE_IMAGES // batch_size))]
+    with tempfile.TemporaryDirectory(prefix="vlbench-bench-") as tmp:
+        shard_dir, h5_dir = Path(tmp) / "shards", Path(tmp) / "h5"
+        write_shard(shard_dir / "shard-0.safetensors", ids, feats, {})
+        h5_dir.mkdir()
+        with h5py.File(h5_dir / "features.h5", "w") as f:
+            for i, image_id in enumerate(ids):
+                f.create_dataset(f"{image_id}/features", data=feats[i].numpy())
+        rates = {}
+        for kind, folder in (("shard", shard_dir), ("h5", h5_dir)):
+            store = open_feature_store(folder)
+            store[read_batches[0]]  # warm-up (opens files)
+            started = time.perf_counter()
+            for chunk in read_batches:
+                store[chunk]
+            rates[kind] = sum(map(len, read_batches)) / (time.perf_counter() - started)
+
+        # collate_train as engine.train calls it, on VQA examples whose grids live in the ShardStore.
+        # The tokenizer is the tiny word-level one (the paper's BPE needs its weights folder); the
+        # inputs are tokenised once per run anyway, only the sampled targets are tokenised per batch.
+        words = "is there a red circle left of the blue square and a green triangle above the yellow one".split()
+        text = " ".join((words * 4)[: max(1, env.shapes.text_tokens - 4)])  # + <s> vqa : ... </s>
+        examples = [
+            Example(uid=f"vqa-train-{i}", task="vqa", image_ids=(image_id,), text=text, targets=("yes", "no", "two"),
+                    target_scores=(1.0, 0.6, 0.3), answers=("yes",) * 10, answer_type="yes/no")
+            for i, image_id in enumerate(ids)
+        ]  # fmt: skip
+        tokenizer = shared_tiny_tokenizer(BACKBONES["tiny"])
+        data = TaskData(TASKS["vqa"], tokenizer, open_feature_store(shard_dir), {"train": examples, "val": [], "test": []})
+        schedule = [rng.sample(range(len(examples)), min(batch_size, len(examples))) for _ in range(21)]
+        sample = random.Random(1)
+        collate_train(data, schedule[0], sample, env.device)  # warm-up
+        times = []
+        for indices in schedule[1:]:
+            sync(env.device)
+            started = time.perf_counter()
+            collate_train(data, indices, sample, env.device)
+            sync(env.device)
+            times.append(time.perf_counter() - started)
+    return {
+        "store_images": STORE_IMAGES,
+        "feature_shape": [tokens, env.feat_dim],
+        "read_batch": batch_size,
+        "shard_reads_per_s": rates["shard"],
+        "h5_reads_per_s": rates["h5"],
+        "collate_s": statistics.median(times),
+    }
+
+
+# ----------------------------------------------------------------------------- 5. CLIP extraction
+
+
+def time_extraction(env: "BenchEnv", opts: BenchOptions) -> dict:
+    import open_clip
+
+    from vlbench.backbones import GridEncoder, build_clip, shared_tiny_tokenizer, vision_shape
+
+    spec = env.spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if "name" in spec.clip:
+            logging.disable(logging.WARNING)  # open_clip warns that the weights are random: they are meant to be
+            try:
+                clip, model = open_clip.create_model(spec.clip["name"], pretrained=None), spec.clip["name"]
+            finally:
+                logging.disable(logging.NOTSET)
+        else:
+            clip, model = build_clip(spec, shared_tiny_tokenizer(spec)), "tiny CLIP ResNet"
+    vision = GridEncoder(clip.visual).eval().requires_grad_(False).to(env.device)
+    size = vision_shape(spec)[2]
+    pixels = torch.randn(EXTRACT_BATCH, 3, size, size, device=env.device)
+
+    def forward():
+        with torch.inference_mode(), autocast(env.device, opts.precision):
+            vision(pixels)
+
+    seconds = median_time(forward, env.device)
+    return {"model": model, "image_size": size, "batch_size": EXTRACT_BATCH, "images_per_s": EXTRACT_BATCH / seconds}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class BenchEnv:
+    """What every measurement shares: the device, the backbone and the shapes of its inputs."""
+
+    device: torch.device
+    spec: object  # vlbench.backbones.BackboneSpec
+    profile: object  # vlbench.profiles.Profile
+    shapes: Shapes
+    grid: int  # the CLIP grid side (paper 7, tiny 4)
+    feat_dim: int
+    text_vocab: int  # text ids are drawn below this (the vis token rows come after)
+
+
+def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Every measurement of the module docstring, as the JSON document `vlbench bench` writes."""
+    check_options(opts)
+    from vlbench.backbones import BACKBONES, architecture, vision_shape
+    from vlbench.methods import build_vl_model
+    from vlbench.params import count_parameters
+    from vlbench.profiles import get_profile
+    from vlbench.report import row_label
+
+    started = time.perf_counter()
+    configs = method_configs(opts)
+    profile = get_profile(opts.backbone)
+    spec = BACKBONES[profile.backbone("image-text", opts.lm)]
+    device = torch.device(opts.device)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            progress("measuring the matmul peak")
+            peak = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16)}
+            base_lm, feat_dim = architecture(spec)  # random weights, vis token rows added
+            grid = vision_shape(spec)[1]
+            env = BenchEnv(device, spec, profile, SHAPES[opts.backbone], grid, feat_dim,
+                           base_lm.config.vocab_size - spec.n_vis_tokens)  # fmt: skip
+            batch = random_batch(opts.batch_size, env.shapes, 1, grid, feat_dim, env.text_vocab, device)
+
+            def build(cfg: RunConfig):
+                return build_vl_model(cfg, copy.deepcopy(base_lm), feat_dim, spec.n_vis_tokens)
+
+            rows = []
+            for k, cfg in enumerate(configs):
+                label = row_label(cfg.method, cfg.sharing)
+                progress(f"training steps {k + 1}/{len(configs)}: {label}")
+                model = build(cfg)
+                counts = count_parameters(model)
+                row = {"method": label, "key": f"{cfg.method}:{cfg.sharing}" if cfg.sharing else cfg.method,
+                       "hidden_dim": cfg.hidden_dim, "trainable_params": counts.trainable,
+                       "params_percent": counts.percent, "batch_size": opts.batch_size}  # fmt: skip
+                row.update(time_training(model, cfg, batch, opts, device))
+                del model
+                release_memory()
+                rows.append(row)
+            add_ratios(rows, opts.precision, peak)
+
+            progress("decoding")
+            decode_cfg = next((c for c in configs if c.method == "full"), configs[0])
+            model = build(decode_cfg)
+            decode = {"method": row_label(decode_cfg.method, decode_cfg.sharing), **time_decoding(model, env, opts)}
+            del model, base_lm
+            release_memory()
+
+            progress("data pipeline")
+            data = time_data(env, opts.batch_size)
+            for name, key in (("full", "full"), ("floor", FLOOR)):
+                row = next((r for r in rows if r["key"] == key), None)
+                share = data["collate_s"] / (data["collate_s"] + row["step_s"]) if row else None
+                data[f"wait_share_{name}"] = share
+
+            progress("CLIP extraction")
+            extract = time_extraction(env, opts)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {
+        "device": describe_device(device, threads),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": threads,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "backbone": spec.name,
+        "lm": spec.lm.get("hub", f"tiny {spec.lm_type}"),
+        "precision": opts.precision,
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "shapes": {"text_tokens": env.shapes.text_tokens, "target_tokens": env.shapes.target_tokens,
+                   "grid": [grid, grid, feat_dim], "visual_tokens_per_image": profile.pool_size**2},  # fmt: skip
+        "peak_gflops": peak,
+        "methods": rows,
+        "decode": decode,
+        "data": data,
+        "extract": extract,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def add_ratios(rows: list[dict], precision: str, peak: dict) -> None:
+    """samples/s, MFU against the measured peak of `precision`, and the step-time ratios to full
+    fine-tuning and to the frozen floor (None where that method was not measured)."""
+    full = next((r["step_s"] for r in rows if r["key"] == "full"), None)
+    floor = next((r["step_s"] for r in rows if r["key"] == FLOOR), None)
+    for r in rows:
+        r["samples_per_s"] = r["batch_size"] / r["step_s"]
+        r["mfu"] = r["flops_per_step"] / r["step_s"] / (peak[precision] * 1e9)
+        r["vs_full"] = r["step_s"] / full if full else None
+        r["vs_floor"] = r["step_s"] / floor if floor else None
+
+
+# ----------------------------------------------------------------------------- output
+
+
+COLUMNS = ("Method", "d", "B", "step s", "samples/s", "peak MB", "GFLOP/step", "MFU", "vs full", "vs floor")
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    def ratio(x):
+        return "" if x is None else f"{x:.2f}x"
+
+    return [
+        [r["method"], "" if r["hidden_dim"] is None else str(r["hidden_dim"]), str(r["batch_size"]), f"{r['step_s']:.3f}",
+         f"{r['samples_per_s']:.1f}", f"{r['peak_mem_mb']:.0f}", f"{r['flops_per_step'] / 1e9:.1f}",
+         f"{100 * r['mfu']:.1f}%", ratio(r["vs_full"]), ratio(r["vs_floor"])]
+        for r in result["methods"]
+    ]  # fmt: skip
+
+
+def summary_lines(result: dict) -> list[str]:
+    peak, d, data, x = result["peak_gflops"], result["decode"], result["data"], result["extract"]
+    shapes = result["shapes"]
+
+    def pct(share):
+        return "n/a" if share is None else f"{100 * share:.2f}%"
+
+    return [
+        f"{result['device']}; torch {result['torch']}; {result['backbone']} ({result['lm']}, random weights), "
+        f"{result['precision']}; {result['date']}",
+        f"batch: {shapes['text_tokens']} text + {shapes['visual_tokens_per_image']} visual tokens "
+        f"(max-pooled from a {'x'.join(map(str, shapes['grid']))} grid), {shapes['target_tokens']} target tokens; "
+        f"median of {result['steps']} steps after {result['warmup']} warm-up",
+        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s",
+        f"decoding ({d['method']}, eval batch {d['eval_batch_size']}): greedy ({d['greedy_max_new_tokens']} new tokens) "
+        f"{d['greedy_seq_per_s']:.1f} seq/s, beam-{d['beams']} ({d['beam_max_new_tokens']} new tokens) "
+        f"{d['beam_seq_per_s']:.1f} seq/s, NLVR2 choice {d['choice_seq_per_s']:.1f} seq/s",
+        f"data: {'x'.join(map(str, data['feature_shape']))} fp16 grids, safetensors store {data['shard_reads_per_s']:.0f} "
+        f"images/s, h5 {data['h5_reads_per_s']:.0f} images/s; collating a batch {1000 * data['collate_s']:.1f} ms = "
+        f"{pct(data['wait_share_full'])} of a full fine-tuning step, {pct(data['wait_share_floor'])} of a floor step",
+        f"CLIP extraction ({x['model']}, {x['image_size']} px, batch {x['batch_size']}): {x['images_per_s']:.1f} images/s",
+    ]
+
+
+def render_markdown(result: dict) -> str:
+    lines = [f"# vlbench bench: {result['device_type']}, {result['backbone']}, {result['precision']}", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    lines += [""] + [f"- {line}" for line in summary_lines(result)]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(result: dict):
+    from rich.table import Table
+
+    table = Table(title=f"vlbench bench: {result['device_type']}, {result['backbone']}, {result['precision']}")
+    for i, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in table_rows(result):
+        table.add_row(*row)
+    return table
+
+
+def file_stem(result: dict) -> str:
+    """<device>-<backbone>-<precision>, plus -b<N> for a batch size other than the default."""
+    stem = f"{result['device_type']}-{result['backbone']}-{result['precision']}"
+    sizes = {r["batch_size"] for r in result["methods"]}
+    return stem if sizes == {DEFAULT_BATCH_SIZE} else stem + "".join(f"-b{n}" for n in sorted(sizes))
+
+
+def write_bench(result: dict, folder: Path) -> tuple[Path, Path]:
+    """The JSON document and its markdown report under `folder`, each written atomically."""
+    from vlbench.files import atomic_write
+
+    stem = Path(folder) / file_stem(result)
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    json_path = atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    markdown = render_markdown(result)
+    md_path = atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    return json_path, md_path
