@@ -161,3 +161,18 @@ def test_a_data_file_gone_bad_mid_run_fails_that_run_only(workdir, monkeypatch):
     runs = {r.method: r for r in Store(Store.default_url(workdir / "runs")).runs()}
     assert runs["adapter"].status == "failed" and "OSError" in runs["adapter"].error
     assert "shard-00003" in runs["adapter"].error and runs["full"].status == "done"
+
+
+def test_bf16_precision_trains_and_is_part_of_the_config(workdir):
+    from vlbench.grid import GridRequest, expand
+
+    (fp32,) = expand(GridRequest(methods=("adapter",)))
+    (bf16,) = expand(GridRequest(methods=("adapter",), precision="bf16"))
+    assert fp32.optim.precision == "fp32" and bf16.optim.precision == "bf16"
+    assert bf16.key() != fp32.key()  # fp32 stays out of the key: test_bad_input pins a key from before the flag
+    result = invoke("sweep", "image-text", "--methods", "adapter", "--precision", "bf16", *SMALL)
+    assert result.exit_code == 0, result.output
+    (run,) = [r for r in Store(Store.default_url(workdir / "runs")).runs() if r.method == "adapter"]
+    assert run.status == "done" and run.config["optim"]["precision"] == "bf16"
+    result = invoke("sweep", "image-text", "--dry-run", "--precision", "fp16")
+    assert result.exit_code == 2 and "--precision: unknown precision 'fp16'" in result.output

@@ -50,10 +50,10 @@ from typing import Callable
 import torch
 
 from vlbench.config import RunConfig, UserError
+from vlbench.engine import PRECISIONS, autocast
 
 DEFAULT_BATCH_SIZE = 16
 DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 FORMATS = ("markdown", "json")
 FLOOR = "proj-only"  # the frozen floor: only theta V->L trains
 
@@ -155,10 +155,6 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int = E
         sync(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def describe_device(device: torch.device, threads: int) -> str:

@@ -115,6 +115,9 @@ def sweep_image_text(
     seeds: str = typer.Option("0", help="comma-separated seeds"),
     epochs: Optional[int] = typer.Option(None, help="training epochs [default: profile's]"),
     lr: Optional[float] = typer.Option(None, help="learning rate for every job [default: per method]"),
+    precision: Optional[str] = typer.Option(
+        None, help="fp32 or bf16 (autocast forward passes, fp32 weights and optimizer) [default: fp32; paper on CUDA: bf16]"
+    ),
     batch_size: Optional[int] = typer.Option(None, help="batch size [default: profile's]"),
     n_train: Optional[int] = typer.Option(None, help="examples per task for training (synthetic: made; real: first n)"),
     n_val: Optional[int] = typer.Option(None, help="examples per task for validation (synthetic: made; real: first n)"),
@@ -165,7 +168,7 @@ def sweep_video_text(**options):
 
 
 def sweep_suite(
-    suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, batch_size, n_train, n_val,
+    suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
     n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
     checkpoint_every, keep_checkpoints, retry_failed, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
     slurm_array_parallelism, slurm_extra, slurm_max_requeues,
@@ -197,6 +200,7 @@ def sweep_suite(
             seeds=csv_list(seeds, "--seeds", int),
             epochs=epochs,
             lr=lr,
+            precision=precision,
             batch_size=batch_size,
             n_train=n_train,
             n_val=n_val,

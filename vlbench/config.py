@@ -54,6 +54,8 @@ class OptimConfig:
     eval_batch_size: int = 128
     caption_beams: int = 5
     caption_max_len: int = 20
+    # "bf16": forward passes under torch.autocast (master weights and optimizer state stay fp32)
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class RunConfig:
                 del d["data"][name]
         if not d["optim"]["task_batch_sizes"]:
             del d["optim"]["task_batch_sizes"]
+        if d["optim"]["precision"] == "fp32":
+            del d["optim"]["precision"]
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

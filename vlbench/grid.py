@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, DataConfig, RunConfig, UserError
+from vlbench.engine import PRECISIONS
 from vlbench.methods import get_method
 from vlbench.paper import TABLE1, TABLE2, TABLE3, TABLE4, TABLE5
 from vlbench.profiles import PROFILES, Profile, get_profile
@@ -65,6 +68,7 @@ class GridRequest:
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = None
     lr: float | None = None
+    precision: str | None = None  # fp32 | bf16; None: the profile's (paper on CUDA: bf16)
     batch_size: int | None = None
     n_train: int | None = None
     n_val: int | None = None
@@ -107,6 +111,9 @@ def expand(req: GridRequest) -> list[RunConfig]:
         if not any(key in get_method(m).option_names() for m in methods):
             raise UserError(f"--option: no requested method has an option '{key}'")
     data = data_config(req, profile, backbone)
+    if req.precision not in (None, *PRECISIONS):
+        raise UserError(f"--precision: unknown precision '{req.precision}' (choose from {', '.join(PRECISIONS)})")
+    precision = req.precision or (profile.cuda_precision if torch.cuda.is_available() else "fp32")
     configs: dict[str, RunConfig] = {}
     for name in methods:
         method = get_method(name)
@@ -128,7 +135,9 @@ def expand(req: GridRequest) -> list[RunConfig]:
             for hidden_dim in dims:
                 method.validate(sharing, hidden_dim, sized.d_model, parsed)
                 lr = req.lr or profile.learning_rate(name, sharing, req.suite)
-                optim = replace_set(profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size)
+                optim = replace_set(
+                    profile.optim, epochs=req.epochs, lr=lr, batch_size=req.batch_size, precision=precision
+                )
                 if req.batch_size is not None:  # --batch-size is one size for every task
                     optim = dataclasses.replace(optim, task_batch_sizes=())
                 for seed in req.seeds:

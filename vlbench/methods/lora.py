@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from vlbench.methods.base import Method, float_option, freeze_all_but_visual_embedding
@@ -31,8 +32,13 @@ class LoRAPair(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    def forward(self, x):
-        return self.lora_B(self.lora_A(x))
+    def add_update(self, output, x, scaling: float):
+        """output + scaling * B(A(x)), the add fused into the up-projection's matmul (addmm) and the
+        scaling into B's (rank x d) weight, not into the (tokens x d) activations: on CPU the
+        separate elementwise passes cost more than the rank-r matmuls themselves."""
+        low = self.lora_A(x).flatten(0, -2)
+        fused = torch.addmm(output.flatten(0, -2), low, (self.lora_B.weight * scaling).t())
+        return fused.view_as(output)
 
 
 class LoRASite(nn.Module):
@@ -47,8 +53,9 @@ class LoRASite(nn.Module):
         self.scaling = alpha / rank
         self.keys = keys
 
-    def forward(self, x, task: str):
-        return self.scaling * self.pairs[self.keys[task]](self.dropout(x))
+    def forward(self, output, x, task: str):
+        """The projection's output with this task's low-rank update added."""
+        return self.pairs[self.keys[task]].add_update(output, self.dropout(x), self.scaling)
 
 
 class LoRA(Method):
@@ -77,6 +84,6 @@ class LoRA(Method):
                 site = LoRASite(linear, self.config.hidden_dim, alpha, dropout, keys)
                 sites[f"{attn_name}.{proj}".replace(".", "_")] = site
                 linear.register_forward_hook(
-                    lambda _m, inputs, output, s=site: output + s(inputs[0], model.router.require())
+                    lambda _m, inputs, output, s=site: s(output, inputs[0], model.router.require())
                 )
         model.method_modules["lora"] = sites
