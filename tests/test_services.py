@@ -9,7 +9,6 @@ import cloudpickle
 import sqlalchemy as sa
 import submitit
 
-from services import fresh_postgres_url, postgres_db_factory, postgres_url, slurm_cluster  # noqa: F401
 
 # Slurm jobs unpickle the submitted functions in a fresh python where this test module is not
 # importable (tests/ is not on its sys.path): ship this module's functions and classes by value.

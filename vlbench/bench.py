@@ -552,7 +552,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
             decode_cfg = next((c for c in configs if c.method == "full"), configs[0])
             model = build(decode_cfg)
             decode = {"method": row_label(decode_cfg.method, decode_cfg.sharing), **time_decoding(model, env, opts)}
-            del model, base_lm
+            del model
             release_memory()
 
             progress("data pipeline")
