@@ -50,6 +50,7 @@ from typing import Callable
 import torch
 
 from vlbench.config import RunConfig, UserError
+from vlbench.distributed import cores_available
 from vlbench.engine import PRECISIONS, autocast
 
 DEFAULT_BATCH_SIZE = 16
@@ -516,7 +517,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
     profile = get_profile(opts.backbone)
     spec = BACKBONES[profile.backbone("image-text", opts.lm)]
     device = torch.device(opts.device)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cores_available()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

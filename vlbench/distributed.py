@@ -104,7 +104,9 @@ def process_group(device_type: str = "cpu") -> Iterator[Dist]:
         destroy()
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
+def thread_environment(threads: int) -> dict[str, str]:
+    """The variables that size the OpenMP/MKL/OpenBLAS thread pools of a process started with them."""
+    return {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
 def cores_available() -> int:
@@ -175,8 +177,7 @@ def launch(nproc: int, fn: Callable, *args: Any) -> dict[int, Any]:
             local_addr="127.0.0.1",
             signals_to_handle="",  # the agent would kill the ranks on the first signal: launch handles them
         )
-        thread_env = {v: str(threads) for v in THREAD_VARIABLES}
-        with environment(**thread_env), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
+        with environment(**thread_environment(threads)), _quiet(*_AGENT_LOGGERS), _forwarding_signals(folder):
             try:
                 return elastic_launch(config, _rank_main)(fn, threads, str(folder), *args)
             except ChildFailedError as e:

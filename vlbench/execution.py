@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vlbench.config import UserError
-from vlbench.distributed import THREAD_VARIABLES, cpu_thread_share, environment
+from vlbench.distributed import cpu_thread_share, environment, thread_environment
 from vlbench.store import OwnershipError, Store
 
 HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
@@ -91,8 +91,7 @@ class ExecutionOptions:
 
 
 def use_threads(threads: int) -> None:
-    for var in THREAD_VARIABLES:
-        os.environ[var] = str(threads)
+    os.environ.update(thread_environment(threads))
     torch.set_num_threads(threads)
 
 
@@ -194,8 +193,7 @@ def start_local_workers(n: int, target, args: tuple, gpus_per_worker: int) -> li
     for i in range(n):
         mine = visible[i * gpus_per_worker : (i + 1) * gpus_per_worker]
         gpus = ",".join(mine) if gpus_per_worker else None
-        env = {v: str(threads) for v in THREAD_VARIABLES}
-        with environment(**env, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})):
+        with environment(**thread_environment(threads), **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})):
             p = ctx.Process(target=target, args=(i, threads, *args), name=f"vlbench-worker-{i}")
             p.start()
         processes.append(p)

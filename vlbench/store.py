@@ -337,8 +337,9 @@ class Store:
             self.url = shown
             # the URL other processes (workers, Slurm tasks, DDP ranks) open: a SQLite path made absolute
             self.shareable_url = url
-            self.in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+            self.in_memory = parsed.get_backend_name() == "sqlite" and not sqlite_file
+            if sqlite_file:
                 self._check_sqlite_file(Path(parsed.database), shown, create)
                 self.shareable_url = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(False)
             self.engine: Engine = create_engine(parsed)
@@ -379,7 +380,8 @@ class Store:
 
     def _prepare_schema(self, shown: str) -> None:
         """Create the schema, or bring it to this vlbench's version, in one locked transaction."""
-        head = schema_head()
+        scripts = ScriptDirectory(str(MIGRATIONS))
+        head = scripts.get_current_head()
         with self._writer.connect() as conn, conn.begin():
             if conn.dialect.name == "postgresql":  # one process migrates; the others wait, then find it done
                 conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
@@ -391,7 +393,7 @@ class Store:
                     f"({', '.join(sorted(foreign)[:5])}), not vlbench's; give another database"
                 )
             current = MigrationContext.configure(conn).get_current_revision()
-            known = {rev.revision for rev in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+            known = {rev.revision for rev in scripts.walk_revisions()}
             if current is not None and current not in known:
                 raise UserError(
                     f"--db {shown}: its schema is version {current}, written by a newer vlbench; this vlbench "

@@ -61,7 +61,9 @@ from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
 
-TEXT_ONLY = "text-only"  # the method name under which the text-only prior is stored
+TEXT_ONLY = "text-only"
+# what stops a run at its next step; USR2 is Slurm's (submitit's) warning before a time limit or preemption
+SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)  # the method name under which the text-only prior is stored
 
 
 @dataclass
@@ -171,9 +173,7 @@ def run_sweep(
         transient=True,
     ) as progress:  # fmt: skip
         for cfg in [*baselines, *todo]:  # built once, here, before any worker starts
-            group = resource_group(cfg)
-            if group not in resources:
-                resources[group] = build_resources(cfg, context.cache_dir, progress)
+            resources_for(cfg, resources, context, progress)
     for cfg in baselines:
         execute_run(cfg, context, store, resources, StopFlag())
     if todo:
@@ -184,7 +184,8 @@ def run_sweep(
         else:
             run_on_workers(todo, context, store, console)
     collect([*baselines, *todo], store, summary, finished=execution.backend == "local" or execution.wait)
-    summary.done = [label for label in summary.done if label not in {c.label() for c in baselines}]  # not trained
+    baseline_labels = {c.label() for c in baselines}
+    summary.done = [label for label in summary.done if label not in baseline_labels]  # scored, not trained
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -319,11 +320,12 @@ def one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def resources_for(cfg: RunConfig, resources: dict, ctx: SweepContext) -> Resources:
-    """The run's shared resources; a fresh process loads them from the cache the sweep built."""
+def resources_for(cfg: RunConfig, resources: dict, ctx: SweepContext, progress: Progress | None = None) -> Resources:
+    """The run's shared resources, built once per group into `resources`: by the sweep before any
+    worker starts, then loaded by each fresh process from the cache the sweep built."""
     group = resource_group(cfg)
     if group not in resources:
-        resources[group] = build_resources(cfg, ctx.cache_dir, None)
+        resources[group] = build_resources(cfg, ctx.cache_dir, progress)
     return resources[group]
 
 
@@ -336,7 +338,7 @@ def distributed_rank(ctx: SweepContext, cfg_dict: dict, run_id: int, owner: str,
         store = open_shared_store(ctx.db_url, ctx.stale_after) if dist.is_main else None
         cfg = RunConfig.from_dict(cfg_dict)
         stop = StopFlag()
-        with stop.installed((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)):  # USR2: Slurm signals every rank
+        with stop.installed(SLURM_SIGNALS):  # Slurm signals every rank
             try:
                 train_run(cfg, resources_for(cfg, {}, ctx), store, run_id, owner, Path(run_dir), ctx.execution, stop, dist)
             except Interrupted as e:
@@ -359,7 +361,7 @@ class SlurmRun:
     def __call__(self, cfg_dict: dict) -> str:
         store = self.ctx.enter_process(self.ctx.execution.slurm.cpus)
         stop = StopFlag()
-        with stop.installed((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)) as submitit_handlers:
+        with stop.installed(SLURM_SIGNALS) as submitit_handlers:
             outcome, detail = execute_run(RunConfig.from_dict(cfg_dict), self.ctx, store, {}, stop)
         requeue = submitit_handlers.get(signal.SIGUSR2)
         if outcome == "interrupted" and stop.reason == "SIGUSR2" and callable(requeue):
@@ -380,7 +382,7 @@ def submit_slurm(todo: list[RunConfig], ctx: SweepContext, store: Store, console
     try:
         jobs = executor.map_array(SlurmRun(ctx), [c.to_dict() for c in todo])
     except Exception as e:  # sbatch missing or refusing: a user-facing problem, said in one line
-        raise UserError(f"--backend slurm: submitting the job array failed: {str(e).strip().splitlines()[-1]}") from e
+        raise UserError(f"--backend slurm: submitting the job array failed: {(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from e
     summary.submitted = jobs[0].job_id.split("_")[0]
     console.print(f"submitted Slurm job array {summary.submitted} ({len(jobs)} task(s)); logs in {folder}")
     if not ctx.execution.wait:
