@@ -62,6 +62,9 @@ def test_bench_writes_a_well_formed_json(bench_run):
     for key in ("greedy_seq_per_s", "beam_seq_per_s", "choice_seq_per_s"):
         assert isinstance(decode[key], float) and decode[key] > 0
     assert decode["eval_batch_size"] == 128 and decode["beams"] == 5
+    # vlbench's decoding gives transformers' tokens (tests/test_decoding.py checks it on many inputs)
+    assert decode["greedy_identical"] is True and decode["beam_identical"] is True
+    assert decode["greedy_vs_transformers"] > 0 and decode["beam_vs_transformers"] > 0
     data = doc["data"]
     assert data["feature_shape"] == [16, 256]  # the tiny CLIP's 4x4 grid of 256-d features
     for key in ("shard_reads_per_s", "h5_reads_per_s", "collate_s"):

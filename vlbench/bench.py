@@ -17,7 +17,10 @@ What is measured, in this order (random weights everywhere: only the timing matt
    `vs_full` and `vs_floor` are step-time ratios to full fine-tuning and to `proj-only` (only
    theta V->L trains: the backward runs only through activations, the least a frozen LM can cost).
 3. decode: greedy (VQA's token budget) and beam-5 (captions') generation, and NLVR2's one-step
-   choice scoring, in sequences/s at the profile's eval batch size, on the full fine-tuning model.
+   choice scoring, in sequences/s at the profile's eval batch size, on the full fine-tuning model;
+   greedy and beam also as ratios to transformers' `generate` on the same batch, with a check that
+   the tokens are identical. Random weights rarely emit </s>, so every sequence runs to the budget:
+   the speed-up from rows leaving the batch early is not in these figures.
 4. data: images/s read from a safetensors ShardStore and from the h5 layout (a few hundred random
    fp16 grids in a temporary folder, so warm page cache), and the share of a training step the
    engine spends collating its batch from the ShardStore (engine.train collates synchronously).
@@ -359,32 +362,36 @@ def time_training(model, cfg: RunConfig, batch: dict, opts: BenchOptions, device
 
 
 def time_decoding(model, env: "BenchEnv", opts: BenchOptions) -> dict:
+    """vlbench's decoding (VLModel.generate, encoder included) and, on the same batch, transformers'
+    `generate` from the same encoder output: the speed-up, and whether the tokens are identical."""
     from vlbench.tasks import TASKS
 
     optim, device = env.profile.optim, env.device
     n = optim.eval_batch_size
     one = random_batch(n, env.shapes, 1, env.grid, env.feat_dim, env.text_vocab, device, labels=False)
     two = random_batch(n, env.shapes, 2, env.grid, env.feat_dim, env.text_vocab, device, labels=False)
-    greedy_tokens = TASKS["vqa"].max_target_tokens + 2  # as TaskData.predict
-    beam_tokens = optim.caption_max_len + 2
     choice_ids = [5, 6]  # NLVR2's "true" / "false" first tokens
     model.to(device).eval()
-    model.router.task = "vqa"
-    with autocast(device, opts.precision):
-        greedy_s = median_time(lambda: model.generate(one, num_beams=1, max_new_tokens=greedy_tokens), device)
-        model.router.task = "caption"
-        beam_s = median_time(lambda: model.generate(one, num_beams=optim.caption_beams, max_new_tokens=beam_tokens), device)
+    result = {"eval_batch_size": n, "beams": optim.caption_beams}
+    runs = {"greedy": ("vqa", 1, TASKS["vqa"].max_target_tokens + 2),  # as TaskData.predict
+            "beam": ("caption", optim.caption_beams, optim.caption_max_len + 2)}  # fmt: skip
+    with autocast(device, opts.precision), torch.no_grad():
+        for name, (task, beams, new_tokens) in runs.items():
+            model.router.task = task
+
+            def reference():
+                enc, mask = model.encode_batch(one)
+                return model.lm.generate(encoder_outputs=enc, attention_mask=mask, num_beams=beams, do_sample=False,
+                                         max_new_tokens=new_tokens, early_stopping=beams > 1)  # fmt: skip
+
+            seconds = median_time(lambda: model.generate(one, num_beams=beams, max_new_tokens=new_tokens), device)
+            reference_s = median_time(reference, device)
+            result |= {f"{name}_max_new_tokens": new_tokens, f"{name}_seq_per_s": n / seconds,
+                       f"{name}_vs_transformers": reference_s / seconds,
+                       f"{name}_identical": torch.equal(model.generate(one, beams, new_tokens), reference())}  # fmt: skip
         model.router.task = "nlvr"
-        choice_s = median_time(lambda: model.choice_logits(two, choice_ids), device)
-    return {
-        "eval_batch_size": n,
-        "greedy_max_new_tokens": greedy_tokens,
-        "greedy_seq_per_s": n / greedy_s,
-        "beams": optim.caption_beams,
-        "beam_max_new_tokens": beam_tokens,
-        "beam_seq_per_s": n / beam_s,
-        "choice_seq_per_s": n / choice_s,
-    }
+        result["choice_seq_per_s"] = n / median_time(lambda: model.choice_logits(two, choice_ids), device)
+    return result
 
 
 # ----------------------------------------------------------------------------- 4. data pipeline
@@ -626,6 +633,9 @@ def summary_lines(result: dict) -> list[str]:
     def pct(share):
         return "n/a" if share is None else f"{100 * share:.2f}%"
 
+    def same(identical):
+        return "identical tokens" if identical else "TOKENS DIFFER"
+
     return [
         f"{result['device']}; torch {result['torch']}; {result['backbone']} ({result['lm']}, random weights), "
         f"{result['precision']}; {result['date']}",
@@ -633,9 +643,11 @@ def summary_lines(result: dict) -> list[str]:
         f"(max-pooled from a {'x'.join(map(str, shapes['grid']))} grid), {shapes['target_tokens']} target tokens; "
         f"median of {result['steps']} steps after {result['warmup']} warm-up",
         f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s",
-        f"decoding ({d['method']}, eval batch {d['eval_batch_size']}): greedy ({d['greedy_max_new_tokens']} new tokens) "
-        f"{d['greedy_seq_per_s']:.1f} seq/s, beam-{d['beams']} ({d['beam_max_new_tokens']} new tokens) "
-        f"{d['beam_seq_per_s']:.1f} seq/s, NLVR2 choice {d['choice_seq_per_s']:.1f} seq/s",
+        f"decoding ({d['method']}, eval batch {d['eval_batch_size']}, encoder included): greedy "
+        f"({d['greedy_max_new_tokens']} new tokens) {d['greedy_seq_per_s']:.1f} seq/s ({d['greedy_vs_transformers']:.2f}x "
+        f"transformers' generate, {same(d['greedy_identical'])}), beam-{d['beams']} ({d['beam_max_new_tokens']} new "
+        f"tokens) {d['beam_seq_per_s']:.1f} seq/s ({d['beam_vs_transformers']:.2f}x, {same(d['beam_identical'])}), "
+        f"NLVR2 choice {d['choice_seq_per_s']:.1f} seq/s",
         f"data: {'x'.join(map(str, data['feature_shape']))} fp16 grids, safetensors store {data['shard_reads_per_s']:.0f} "
         f"images/s, h5 {data['h5_reads_per_s']:.0f} images/s; collating a batch {1000 * data['collate_s']:.1f} ms = "
         f"{pct(data['wait_share_full'])} of a full fine-tuning step, {pct(data['wait_share_floor'])} of a floor step",

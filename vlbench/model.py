@@ -24,6 +24,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from vlbench import decoding
+
 
 class TaskRouter:
     """Holds the task of the current batch; per-task method modules look it up here."""
@@ -264,15 +266,9 @@ class VLModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], num_beams: int, max_new_tokens: int) -> torch.Tensor:
+        """Greedy (num_beams=1) or beam search; the tokens transformers' `generate` gives (decoding.py)."""
         enc, mask = self.encode_batch(batch)
-        return self.lm.generate(
-            encoder_outputs=enc,
-            attention_mask=mask,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            early_stopping=True if num_beams > 1 else False,
-        )
+        return decoding.generate(self.lm, enc.last_hidden_state, mask, num_beams, max_new_tokens)
 
     @torch.no_grad()
     def choice_logits(self, batch: dict[str, torch.Tensor], choice_ids: list[int]) -> torch.Tensor:
