@@ -1,4 +1,4 @@
-"""Parameter accounting against the paper's Table 1 (REFERENCE.md section 3)."""
+"""Parameter accounting against the paper's Table 1 (docs/paper-facts.md §3)."""
 
 import json
 

@@ -43,7 +43,7 @@ class OptimConfig:
     epochs: int = 8
     lr: float = 1e-3
     batch_size: int = 32
-    # per-task batch sizes (task, size), sorted; tasks not listed use batch_size (REFERENCE.md 4: the
+    # per-task batch sizes (task, size), sorted; tasks not listed use batch_size (docs/paper-facts.md §4: the
     # paper's VQA 500, GQA 833, NLVR2 166, COCO 416, so tasks interleave in proportion to their data)
     task_batch_sizes: tuple[tuple[str, int], ...] = ()
     warmup_ratio: float = 0.1

@@ -77,7 +77,7 @@ class TrainResult:
 def epoch_schedule(
     data: dict[str, TaskData], batch_size: int | dict[str, int], epoch: int, seed: int
 ) -> list[tuple[str, list[int]]]:
-    """One entry per batch of every task's loader, shuffled with the epoch as seed (REFERENCE.md 4),
+    """One entry per batch of every task's loader, shuffled with the epoch as seed (docs/paper-facts.md §4),
     so tasks appear in proportion to their number of batches. `batch_size`: one size, or one per task."""
     entries = []
     for name in sorted(data):

@@ -1,6 +1,6 @@
 """The VL model: precomputed CLIP grid features -> visual embedding -> appended to the text -> seq2seq LM.
 
-Structure follows VL-T5/VL-Adapter (REFERENCE.md section 1). The LM is BART or T5; what differs
+Structure follows VL-T5/VL-Adapter (docs/paper-facts.md §1). The LM is BART or T5; what differs
 between them (text embedding, encoder stack, sublayers, LayerNorm type) lives in a small layout
 class, `BartLayout` or `T5Layout`, chosen by `lm.config.model_type`.
 

@@ -1,4 +1,4 @@
-"""The one parameter-accounting function (REFERENCE.md section 3).
+"""The one parameter-accounting function (docs/paper-facts.md §3).
 
 Updated Params (%) = 100 * trainable / all parameters of the VL model, where "all" is the LM
 (tied lm_head once), the added `<vis_extra_id_k>` rows, the visual embedding and the parameters a

@@ -56,7 +56,7 @@ PROFILES = {
         },
         hidden_dims={"default": 8},  # d_model / 8, as the paper's 96 for BART-base
     ),
-    # REFERENCE.md section 4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
+    # docs/paper-facts.md §4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
     "paper": Profile(
         name="paper",
         # video-text: precomputed CLIP ViT-B/32 frame embeddings (512-d) instead of RN101 grids
@@ -68,7 +68,7 @@ PROFILES = {
         ),
         d_model=768,
         lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},
-        # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (REFERENCE.md section 2)
+        # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (docs/paper-facts.md §2)
         hidden_dims={"lora": 128, "prompt": 40, "default": 96},
         video_lr_scale=1 / 3,  # Table 4: "we divide the learning rate by 3 for all approaches"
         cuda_precision="bf16",  # autocast on GPUs: ~2x the fp32 (TF32) step at these widths, fp32 master weights

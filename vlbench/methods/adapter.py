@@ -1,4 +1,4 @@
-"""Adapters (Houlsby-style bottlenecks) at every sublayer output of the LM, REFERENCE.md section 2.
+"""Adapters (Houlsby-style bottlenecks) at every sublayer output of the LM, docs/paper-facts.md §2.
 
 Each site computes A(y) = y + up(gelu(down(y))) on the sublayer output, before dropout, residual
 and the post-LayerNorm. Sharing: `multiple` (one adapter per task), `half` (the up-projection shared

@@ -1,4 +1,4 @@
-"""Compacter: an adapter whose down/up projections are PHM layers, REFERENCE.md section 2.
+"""Compacter: an adapter whose down/up projections are PHM layers, docs/paper-facts.md §2.
 
 A PHM layer builds its weight as W = sum_i A_i (x) B_i (Kronecker products) from k "rule" matrices
 A_i (k x k) and k blocks B_i (d_in/k x d_out/k), so it holds about 1/k of a Linear's parameters.

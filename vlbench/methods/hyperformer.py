@@ -1,4 +1,4 @@
-"""Hyperformer: one hypernetwork generates every adapter's weights (REFERENCE.md section 2).
+"""Hyperformer: one hypernetwork generates every adapter's weights (docs/paper-facts.md §2).
 
 A trainable embedding per task (shared by encoder and decoder) and a layer-id embedding per stack
 are concatenated and projected to a small conditioning vector; per sublayer type (encoder:

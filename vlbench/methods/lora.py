@@ -1,4 +1,4 @@
-"""LoRA on the query and value projections of every LM attention module, REFERENCE.md section 2
+"""LoRA on the query and value projections of every LM attention module, docs/paper-facts.md §2
 (BART's q_proj/v_proj, T5's q/v).
 
 Each projection's output gets `+ scaling * B(A(dropout(x)))` through a forward hook, with

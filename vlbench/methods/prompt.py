@@ -1,4 +1,4 @@
-"""Prompt tuning on the encoder input (REFERENCE.md section 2).
+"""Prompt tuning on the encoder input (docs/paper-facts.md §2).
 
 P prompt tokens come from Embedding(P, d) -> Linear(d, mid) -> Tanh -> Linear(mid, d) (the MLP
 reparameterisation; mid = option `prompt_mid_dim`, paper 800) and are prepended before the text
