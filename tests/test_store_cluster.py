@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from vlbench.config import RunConfig, UserError
+from vlbench.fingerprint import first_difference
 from vlbench.store import Base, ClaimError, OwnershipError, Store, filesystem_type, schema_head
 
 BASE_DUMP = Path(__file__).parent / "data" / "store-v0.1.0.sql"  # written by vlbench 0.1.0 itself
@@ -113,6 +114,14 @@ def test_base_revision_sqlite_upgrades_in_place(tmp_path):
     run_id, owner = store.claim_run(sweep, RunConfig(method="lora", sharing="multiple", hidden_dim=8), PROV)
     store.interrupt_run(run_id, owner, "interrupted by SIGTERM")
     assert Store(f"sqlite:///{db}").runs(status="interrupted")[0].label == "lora-multiple-d8-s0"
+    # its runs carry no fingerprint: a sweep supersedes them (kept, renamed, out of the scores) to train them again
+    full = runs["full-s0"]
+    assert full.fingerprint is None and first_difference(full.fingerprint, {}) == "recorded before runs carried fingerprints"
+    assert store.supersede(full.key, "recorded before runs carried fingerprints")
+    (old,) = store.runs(status="superseded")
+    assert old.id == full.id and old.superseded_of == full.key and old.key == f"{full.key}~{full.id}"
+    assert len(store.test_scores(include_superseded=True)) == 4 and len(store.test_scores()) == 2
+    assert not store.supersede(full.key, "again")  # no current run of that config is left to supersede
 
 
 def test_base_revision_postgres_upgrades_in_place(fresh_postgres_url):

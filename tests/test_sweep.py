@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from vlbench.cli import app
@@ -176,3 +177,37 @@ def test_bf16_precision_trains_and_is_part_of_the_config(workdir):
     assert run.status == "done" and run.config["optim"]["precision"] == "bf16"
     result = invoke("sweep", "image-text", "--dry-run", "--precision", "fp16")
     assert result.exit_code == 2 and "--precision: unknown precision 'fp16'" in result.output
+
+
+def test_a_changed_method_supersedes_its_runs(workdir, monkeypatch):
+    assert invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL).exit_code == 0
+    store = Store(Store.default_url(workdir / "runs"))
+    (old,) = [r for r in store.runs() if r.method == "adapter"]
+    assert old.fingerprint["method"] == "adapter v1" and old.fingerprint["engine"].startswith("v")
+
+    monkeypatch.setattr("vlbench.methods.adapter.Adapter.version", 2)  # as a change to the adapter's code would
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # as one line: the console wraps
+    assert "superseded adapter-single-d8-s0 (what produced it changed: method: adapter v1 -> adapter v2)" in output
+    assert "1 already done" in output and "1 superseded" in output
+    rows = [r for r in store.runs() if r.method == "adapter"]
+    superseded, current = sorted(rows, key=lambda r: r.status != "superseded")
+    assert superseded.id == old.id and superseded.status == "superseded" and superseded.superseded_of == old.key
+    assert superseded.key == f"{old.key}~{old.id}" and superseded.superseded_reason == "method: adapter v1 -> adapter v2"
+    assert current.key == old.key and current.status == "done" and current.fingerprint["method"] == "adapter v2"
+    assert current.run_dir != superseded.run_dir  # the old run's folder is kept as it was
+    assert (workdir / "runs" / "image-text-tiny" / old.key / "trainable.safetensors").exists()
+    # the old numbers stay in the store, out of reports unless asked for
+    scores = store.test_scores(include_superseded=True)
+    assert set(scores["run_id"]) >= {superseded.id, current.id} and superseded.id not in set(store.test_scores()["run_id"])
+    table = {row["method"] for row in json.loads(invoke("report", "--format", "json").stdout)}
+    assert "Single Adapter" in table and not any("superseded" in m for m in table)
+    result = invoke("report", "--format", "json", "--include-superseded")
+    assert "Single Adapter (superseded)" in {row["method"] for row in json.loads(result.stdout)}
+    monkeypatch.setattr("vlbench.cli.console", Console(width=250))  # a wide terminal: no wrapped cells
+    status = invoke("status").output
+    assert "superseded" in status and "method: adapter v1 -> adapter v2" in status
+
+    monkeypatch.setattr("vlbench.sweep.train", lambda *a, **k: pytest.fail("retrained a current run"))
+    assert "2 already done" in invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL).output

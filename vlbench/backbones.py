@@ -354,6 +354,20 @@ def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
+# bump when the tiny pretraining code changes what it produces (the recipe's numbers are in the spec)
+PRETRAIN_RECIPE_VERSION = 1
+
+
+def recipe_key(spec: BackboneSpec) -> str:
+    """What a tiny backbone is made from: its spec, the pretraining code, and the versions of the scenes
+    and task generators that write its corpus (text_corpus) and its CLIP's images and captions."""
+    from vlbench.tasks import TASKS, scenes  # the corpus comes from the tasks: import late
+
+    parts = {"spec": spec.key(), "recipe": PRETRAIN_RECIPE_VERSION, "scenes": scenes.VERSION,
+             "tasks": {name: task.version for name, task in TASKS.items()}}  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_backbones(
     name: str | BackboneSpec, cache_dir: Path, progress=None, lm_weights: str | Path | None = None
 ) -> Backbones:
@@ -366,7 +380,7 @@ def load_backbones(
     hf_logging.disable_progress_bar()  # transformers' tqdm bars would break vlbench's rich progress display
     if not spec.pretrain:
         return _load_pretrained_lm(spec, lm_weights or os.environ.get(LM_WEIGHTS_ENV[spec.lm_type]))
-    folder = Path(cache_dir) / "backbones" / f"{spec.name}-{spec.key()}"
+    folder = Path(cache_dir) / "backbones" / f"{spec.name}-{recipe_key(spec)}"
     if not folder.exists():
         _pretrain_into(spec, folder, progress)
     return _load_cached(spec, folder)

@@ -31,6 +31,7 @@ err_console = Console(stderr=True)
 RUNS_DIR = Path("runs")
 REPORTS_DIR = Path("reports")
 DB_HELP = "SQLAlchemy URL of the results database [default: sqlite:///runs/vlbench.db]"
+SUPERSEDED_HELP = "also the runs whose fingerprint is no longer today's (marked superseded; `vlbench status` says why)"
 
 
 def fail(message: str) -> None:
@@ -231,6 +232,7 @@ def sweep_suite(
         f"sweep finished in {summary.seconds:.1f}s: {len(summary.done)} trained, "
         f"{len(summary.skipped)} already done, {len(summary.failed)} failed"
         + (f", {len(summary.interrupted)} interrupted" if summary.interrupted else "")
+        + (f", {len(summary.superseded)} superseded (trained again)" if summary.superseded else "")
     )
     for label, reason in summary.failed:
         err_console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)
@@ -316,6 +318,7 @@ def report(
     cost: bool = typer.Option(False, "--cost", help="add training time, samples/s, peak memory and checkpoint size"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
+    include_superseded: bool = typer.Option(False, "--include-superseded", help=SUPERSEDED_HELP),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
     """Render a paper-style table from the database; also written under reports/."""
@@ -325,7 +328,8 @@ def report(
         if fmt not in FORMATS:
             raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
         result = build_table(
-            open_store(db, reading=True), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost
+            open_store(db, reading=True), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost,
+            include_superseded=include_superseded,
         )
     except UserError as e:
         fail(str(e))
@@ -348,13 +352,17 @@ def plot_tradeoff(
     log_x: bool = typer.Option(False, "--log-x", help="log scale for the updated-params axis"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
+    include_superseded: bool = typer.Option(False, "--include-superseded", help=SUPERSEDED_HELP),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
     """Figure 4: score vs updated parameters (%) per method family and hidden dim; written under reports/."""
     from vlbench.plot import write_tradeoff
 
     try:
-        path = write_tradeoff(open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), task, fmt, log_x, sweep=sweep_name, profile=profile)
+        path = write_tradeoff(
+            open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), task, fmt, log_x, sweep=sweep_name,
+            profile=profile, include_superseded=include_superseded,
+        )
     except UserError as e:
         fail(str(e))
     console.print(f"written to {path}")

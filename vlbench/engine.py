@@ -127,6 +127,9 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
 
 
 PRECISIONS = ("fp32", "bf16")
+# bump when training, evaluation or decoding can give other numbers for the same config (the runs'
+# fingerprints then differ and `vlbench sweep` trains them again); 2: fused AdamW
+ENGINE_VERSION = 2
 
 
 def autocast(device, precision: str):

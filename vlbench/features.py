@@ -35,7 +35,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images
+from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images, recipe_key
 from vlbench.config import UserError
 from vlbench.files import atomic_write
 
@@ -242,7 +242,7 @@ def write_shard(path: Path, ids: list[str], features: torch.Tensor, metadata: di
 
 
 def feature_path(backbones: Backbones, cache_dir: Path, dataset_key: str) -> Path:
-    return Path(cache_dir) / "features" / f"{backbones.spec.key()}-{dataset_key}.safetensors"
+    return Path(cache_dir) / "features" / f"{recipe_key(backbones.spec)}-{dataset_key}.safetensors"
 
 
 def image_features(
@@ -321,7 +321,7 @@ def load_encoder(
         if weights is not None or random_weights:
             raise UserError("--weights/--random-weights: --model tiny is vlbench's own pretrained tiny CLIP, it takes neither")
         backbones = load_backbones("tiny", cache_dir, progress)
-        label = f"vlbench tiny backbones {backbones.spec.key()}"
+        label = f"vlbench tiny backbones {recipe_key(backbones.spec)}"
         identity = encoder_identity("tiny", backbones.vision, backbones.image_size)
         return ImageEncoder(backbones.vision, backbones.image_size, identity, label)
 

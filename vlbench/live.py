@@ -139,19 +139,21 @@ def status_tables(store: Store, sweep: str | None, failed_only: bool) -> list[Ta
             tables.append(table)
             continue
         with_slurm = any(r.slurm_job_id for r in mine)
-        columns = ["run", "state", "progress", "params %", "train s", "finished", *(["slurm job"] * with_slurm), "error"]
+        columns = ["run", "state", "progress", "params %", "train s", "finished", *(["slurm job"] * with_slurm), "error / why"]
         table = Table(*columns, title=f"sweep {name}")
         table.columns[0].no_wrap = True  # a run's label is its name: never broken over lines
+        table.columns[1].min_width = len("interrupted")  # nor its state cut
         for r in mine:
             state, where, eta = describe(r)
             colour = COLOURS.get(state, "dim")
             progress = (where + (f", ETA {eta}" if eta != "-" else "")) if state == "running" else where if r.stale else ""
             job = [f"{r.slurm_job_id} {slurm.get(r.slurm_job_id, '')}".strip() if r.slurm_job_id else "-"] * with_slurm
+            why = f"{r.superseded_at:%m-%d %H:%M}: {r.superseded_reason}" if state == "superseded" else r.error or ""
             table.add_row(
                 r.label, f"[{colour}]{state}[/{colour}]", progress,
                 f"{r.percent:.2f}" if r.percent is not None else "-",
                 f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-",
-                r.finished_at.strftime("%m-%d %H:%M") if r.finished_at else "-", *job, r.error or "",
+                r.finished_at.strftime("%m-%d %H:%M") if r.finished_at else "-", *job, why,
             )  # fmt: skip
         tables.append(table)
     return tables

@@ -16,6 +16,10 @@ import sys
 from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 
+# Each metric's version, for the run's fingerprint (vlbench.fingerprint): bump one when its numbers
+# could change, and the runs it scored are trained and scored again instead of reused.
+VERSIONS = {"vqa_accuracy": 1, "exact_match": 1, "accuracy": 1, "caption_scores": 1}
+
 # ---- VQA (vqaEval.py) ------------------------------------------------------------------------
 
 # Copied verbatim from vqaEval.py, including its odd entries ("somebody'd" -> "somebodyd").

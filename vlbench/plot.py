@@ -46,11 +46,13 @@ class TradeoffData:
     frontier: list[tuple[float, float]] = field(default_factory=list)
 
 
-def tradeoff_data(store: Store, task: str = "avg", sweep: str | None = None, profile: str | None = None) -> TradeoffData:
+def tradeoff_data(
+    store: Store, task: str = "avg", sweep: str | None = None, profile: str | None = None, include_superseded: bool = False
+) -> TradeoffData:
     if task not in TASK_CHOICES:
         raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(TASK_CHOICES)})")
     try:
-        table = build_table(store, 1, sweep=sweep, profile=profile)
+        table = build_table(store, 1, sweep=sweep, profile=profile, include_superseded=include_superseded)
     except UserError as e:  # say which sweep makes this figure, not Table 1's
         raise UserError(str(e).replace("--preset table1", "--preset figure4")) from None
     data = TradeoffData(task, [])
@@ -175,10 +177,11 @@ def write_tradeoff(
     log_x: bool = False,
     sweep: str | None = None,
     profile: str | None = None,
+    include_superseded: bool = False,
 ) -> Path:
     if fmt not in PLOT_FORMATS:
         raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(PLOT_FORMATS)})")
-    data = tradeoff_data(store, task, sweep=sweep, profile=profile)
+    data = tradeoff_data(store, task, sweep=sweep, profile=profile, include_superseded=include_superseded)
     path = Path(reports_dir) / f"figure4_{task}.{fmt}"
     fig = plot_tradeoff(data, path, log_x=log_x)
     import matplotlib.pyplot as plt

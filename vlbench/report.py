@@ -135,22 +135,29 @@ def build_table(
     profile: str | None = None,
     compare_paper: bool = False,
     cost: bool = False,
+    include_superseded: bool = False,
 ) -> ReportTable:
+    """The table from the current runs; with `include_superseded` also from runs whose fingerprint is
+    no longer today's, as rows of their own marked "(superseded)"."""
     spec = get_spec(number)
-    runs = [r for r in store.runs(sweep=sweep, status="done", profile=profile, suite=spec.suite) if belongs(r, spec)]
+    statuses = ("done", "superseded") if include_superseded else ("done",)
+    runs = [
+        r for status in statuses for r in store.runs(sweep=sweep, status=status, profile=profile, suite=spec.suite)
+        if belongs(r, spec)
+    ]  # fmt: skip
     if not runs:
         where = " ".join(f"--{k} {v}" for k, v in (("sweep", sweep), ("profile", profile)) if v)
         raise UserError(
             f"no finished runs for table {number} ({spec.title}){' with ' + where if where else ''}; "
             f"run `{spec.sweep_hint}` first"
         )
-    scores = store.test_scores(sweep=sweep, profile=profile, suite=spec.suite)
+    scores = store.test_scores(sweep=sweep, profile=profile, suite=spec.suite, include_superseded=include_superseded)
     scores = scores[scores["name"] == "score"]
     per_run = {rid: dict(zip(g["task"], g["value"] * 100)) for rid, g in scores.groupby("run_id")}
 
     groups: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        groups.setdefault(config_without_seed(r), []).append(r)
+    for r in runs:  # seeds of one config average; superseded runs never with current ones
+        groups.setdefault((config_without_seed(r), r.status), []).append(r)
     rows = [summarise(spec, group, per_run, cost) for group in groups.values()]
     disambiguate(rows, list(groups.values()))
     if compare_paper:
@@ -199,7 +206,7 @@ def summarise(spec: TableSpec, runs: list[RunRecord], per_run: dict, cost: bool)
     first = runs[0]
     options = first.config.get("method_options", {})
     row = {
-        "method": spec.label(first.method, first.sharing, options),
+        "method": spec.label(first.method, first.sharing, options) + (" (superseded)" if first.status == "superseded" else ""),
         "hidden_dim": first.hidden_dim,
         "params_percent": round(first.percent, 2) if first.percent is not None else None,
         "seeds": len(runs),

@@ -54,8 +54,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from vlbench.config import RunConfig, UserError
+from vlbench.fingerprint import digest
 
-STATUSES = ("pending", "running", "done", "failed", "interrupted")
+STATUSES = ("pending", "running", "done", "failed", "interrupted", "superseded")
 PROVENANCE_KEYS = ("host", "device", "git_commit", "versions", "world_size", "slurm_job_id")
 COST_KEYS = ("train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb", "checkpoint_bytes")
 TEST_SCORE_COLUMNS = [
@@ -151,6 +152,12 @@ class Run(Base):
     world_size: Mapped[int | None]
     slurm_job_id: Mapped[str | None] = mapped_column(String(64))
     resumed_from_json: Mapped[str | None] = mapped_column(Text)  # [{"epoch", "step", ...}] of each resume
+    # revision 0003: what produced the numbers (vlbench.fingerprint), and superseded rows
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # digest of fingerprint_json
+    fingerprint_json: Mapped[str | None] = mapped_column(Text)  # {part: description}
+    superseded_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the config key, once superseded
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    superseded_reason: Mapped[str | None] = mapped_column(Text)  # the first part that differed
 
 
 class Metric(Base):
@@ -211,6 +218,10 @@ class RunRecord:
     world_size: int | None
     slurm_job_id: str | None
     resumed_from: list[dict] | None
+    fingerprint: dict[str, str] | None  # what produced its numbers (vlbench.fingerprint); None before 0003
+    superseded_of: str | None  # a superseded run: the config key it was a run of (its own key is renamed)
+    superseded_at: datetime | None
+    superseded_reason: str | None
     stale: bool  # running, but its owner is gone (dead on this host, or no heartbeat for stale_after s)
     # parameter counts, None until record_params
     trainable: int | None
@@ -453,6 +464,7 @@ class Store:
         steal: bool = False,
         retry_failed: bool = True,
         run_dir: str | None = None,
+        fingerprint: dict[str, str] | None = None,
     ) -> tuple[int, str]:
         """Insert the run, or reset a pending/interrupted/stale (or failed, with `retry_failed`) one,
         as running and owned by this process.
@@ -510,6 +522,8 @@ class Store:
                 run.versions_json = json.dumps(versions, sort_keys=True) if versions is not None else None
                 run.world_size = provenance.get("world_size")
                 run.slurm_job_id = provenance.get("slurm_job_id")
+                run.fingerprint_json = _dump(fingerprint)
+                run.fingerprint = digest(fingerprint) if fingerprint is not None else None
                 if run_dir is not None:
                     run.run_dir = run_dir
                 run.owner = owner
@@ -536,6 +550,20 @@ class Store:
             for run in runs:
                 run.status, run.resumed_from_json = "pending", None
             return [run.run_dir for run in runs if run.run_dir]
+
+    def supersede(self, key: str, reason: str) -> bool:
+        """Mark the done run of config `key` superseded (what produced its numbers changed): the row and
+        its metrics stay, under the key `<key>~<row id>`, so the config can be run again. False if it
+        is not done (another process superseded or reclaimed it first)."""
+        with self._write() as s, s.begin():
+            run = s.scalar(select(Run).where(Run.key == key).with_for_update())
+            if run is None or run.status != "done":
+                return False
+            run.superseded_of, run.key = key, f"{key}~{run.id}"
+            run.status = "superseded"
+            run.superseded_at = _now()
+            run.superseded_reason = reason
+        return True
 
     def heartbeat(self, run_id: int, owner: str, progress: dict | None = None) -> None:
         """The owner is alive (and, optionally, where it is). OwnershipError once the run was taken over."""
@@ -621,11 +649,13 @@ class Store:
                 s.add(sweep)
                 s.flush()
             run = Run(sweep_id=sweep.id, config_json=json.dumps(run_doc["config"], sort_keys=True))
-            for name in RUN_DOC_COLUMNS:
-                setattr(run, name, _parse_time(run_doc[name]) if name in TIME_COLUMNS else run_doc[name])
+            for name in RUN_DOC_COLUMNS:  # documents written before revision 0003 lack its columns
+                value = run_doc.get(name)
+                setattr(run, name, _parse_time(value) if name in TIME_COLUMNS else value)
             run.versions_json = _dump(run_doc["versions"])
             run.progress_json = _dump(run_doc["progress"])
             run.resumed_from_json = _dump(run_doc["resumed_from"])
+            run.fingerprint_json = _dump(run_doc.get("fingerprint_parts"))
             s.add(run)
             s.flush()
             params = doc.get("params")
@@ -675,9 +705,11 @@ class Store:
             return [_record(run, name, pc, _is_stale(run, self.stale_after, now)) for run, name, pc in s.execute(q)]
 
     def test_scores(
-        self, sweep: str | None = None, profile: str | None = None, suite: str | None = None
+        self, sweep: str | None = None, profile: str | None = None, suite: str | None = None,
+        include_superseded: bool = False,
     ) -> pd.DataFrame:
-        """One row per (done run, task, metric name) on the test split, with the run's parameter counts."""
+        """One row per (done run, task, metric name) on the test split, with the run's parameter counts;
+        superseded runs' rows too with `include_superseded`."""
         q = (
             select(
                 Run.id, Run.key, Sweep.name, Run.method, Run.sharing, Run.hidden_dim, Run.seed, Run.label,
@@ -690,7 +722,8 @@ class Store:
             .where(Metric.split == "test")
             .order_by(Run.id, Metric.task, Metric.name)
         )
-        q = _filter(q, sweep=sweep, status="done", profile=profile, suite=suite)
+        q = _filter(q, sweep=sweep, status=None, profile=profile, suite=suite)
+        q = q.where(Run.status.in_(("done", "superseded") if include_superseded else ("done",)))
         with Session(self.engine) as s:
             rows = [tuple(r) for r in s.execute(q)]
         return pd.DataFrame(rows, columns=TEST_SCORE_COLUMNS)
@@ -730,9 +763,10 @@ class Store:
 RUN_DOC_COLUMNS = (
     "key", "method", "sharing", "hidden_dim", "seed", "profile", "suite", "label", "status", "error",
     "started_at", "finished_at", "host", "device", "git_commit", "owner", *COST_KEYS,
-    "heartbeat_at", "run_dir", "world_size", "slurm_job_id",
+    "heartbeat_at", "run_dir", "world_size", "slurm_job_id", "fingerprint", "superseded_of", "superseded_at",
+    "superseded_reason",
 )  # fmt: skip
-TIME_COLUMNS = {"started_at", "finished_at", "heartbeat_at"}
+TIME_COLUMNS = {"started_at", "finished_at", "heartbeat_at", "superseded_at"}
 
 
 def _metric_rows(run_id: int, split: str, epoch: int, metrics: dict[str, dict[str, float]]) -> list[Metric]:
@@ -770,7 +804,7 @@ def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict]
         run_doc[name] = _time(run_doc[name])
     run_doc.update(
         config=json.loads(run.config_json), versions=_load(run.versions_json), progress=_load(run.progress_json),
-        resumed_from=_load(run.resumed_from_json),
+        resumed_from=_load(run.resumed_from_json), fingerprint_parts=_load(run.fingerprint_json),
     )  # fmt: skip
     params = None
     if pc is not None:
@@ -827,6 +861,10 @@ def _record(run: Run, sweep_name: str, pc: ParamCount | None, stale: bool) -> Ru
         world_size=run.world_size,
         slurm_job_id=run.slurm_job_id,
         resumed_from=_load(run.resumed_from_json),
+        fingerprint=_load(run.fingerprint_json),
+        superseded_of=run.superseded_of,
+        superseded_at=run.superseded_at,
+        superseded_reason=run.superseded_reason,
         stale=stale,
         trainable=pc.trainable if pc else None,
         total=pc.total if pc else None,

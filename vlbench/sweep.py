@@ -53,6 +53,7 @@ from vlbench.execution import (
 )
 from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.files import atomic_write
+from vlbench.fingerprint import digest, fingerprint, first_difference
 from vlbench.live import GridView
 from vlbench.methods import build_vl_model, trains_vision
 from vlbench.model import VLModel
@@ -70,6 +71,7 @@ SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)  # the method na
 class SweepSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already done
+    superseded: list[tuple[str, str]] = field(default_factory=list)  # (label, what changed): done, but trained again
     failed: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
     interrupted: list[tuple[str, str]] = field(default_factory=list)  # (label, where it stopped)
     not_retried: list[str] = field(default_factory=list)  # failed earlier, left alone without --retry-failed
@@ -100,6 +102,7 @@ class SweepContext:
     specs: dict[str, BackboneSpec]
     execution: ExecutionOptions
     stale_after: float
+    fingerprints: dict[str, dict[str, str]]  # config key -> today's fingerprint (vlbench.fingerprint)
 
     def enter_process(self, threads: int | None = None) -> Store:
         """Set up a fresh process (worker, array task, rank): its threads, the sweep's backbone recipes."""
@@ -136,11 +139,14 @@ def run_sweep(
     started = time.perf_counter()
     summary = SweepSummary()
     sweep_id = store.get_or_create_sweep(sweep_name, configs[0].suite, configs[0].profile, command)
-    known = {r.key: r for r in store.runs(keys=[c.key() for c in configs])}
+    baselines = text_only_configs(configs)
+    fingerprints = {c.key(): fingerprint(c) for c in [*baselines, *configs]}
+    known = {r.key: r for r in store.runs(keys=list(fingerprints))}
+    baselines = [c for c in baselines if not reusable(c, known.get(c.key()), fingerprints, store, summary)]
     todo = []
     for cfg in configs:
         record = known.get(cfg.key())
-        if record is not None and record.status == "done":
+        if reusable(cfg, record, fingerprints, store, summary):
             summary.skipped.append(cfg.label())
         elif record is not None and record.status == "failed" and not execution.retry_failed:
             summary.not_retried.append(cfg.label())
@@ -150,6 +156,8 @@ def run_sweep(
             todo.append(cfg)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} run(s) already done, skipped[/dim]")
+    for label, reason in summary.superseded:
+        console.print(f"[yellow]superseded[/yellow] {escape(label)} (what produced it changed: {escape(reason)}); training it again")
     if summary.elsewhere:
         console.print(f"[dim]{len(summary.elsewhere)} run(s) being trained by live processes, left to them[/dim]")
     if summary.not_retried:
@@ -164,10 +172,9 @@ def run_sweep(
     context = SweepContext(
         db_url=store.url, sweep_id=sweep_id, sweep_name=sweep_name, runs_dir=str(Path(runs_dir).resolve()),
         specs={c.backbone: backbone_registry.BACKBONES[c.backbone] for c in configs}, execution=execution,
-        stale_after=store.stale_after,
+        stale_after=store.stale_after, fingerprints=fingerprints,
     )  # fmt: skip
     resources: dict[tuple, Resources] = {}
-    baselines = text_only_configs(configs, store)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
         transient=True,
@@ -188,6 +195,20 @@ def run_sweep(
     summary.done = [label for label in summary.done if label not in baseline_labels]  # scored, not trained
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def reusable(cfg: RunConfig, record, fingerprints: dict, store: Store, summary: SweepSummary) -> bool:
+    """Whether the run is done and its numbers came from what would produce them today. A done run
+    with another fingerprint is superseded (kept, marked, left out of reports) and trained again."""
+    if record is None or record.status != "done":
+        return False
+    today = fingerprints[cfg.key()]
+    if record.fingerprint == today:
+        return True
+    reason = first_difference(record.fingerprint, today)
+    if store.supersede(cfg.key(), reason) and cfg.method != TEXT_ONLY:
+        summary.superseded.append((cfg.label(), reason))
+    return False
 
 
 def resource_group(cfg: RunConfig) -> tuple:
@@ -264,13 +285,12 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
     is finished), and the reason where there is one."""
     key = cfg.key()
     world_size = ctx.execution.nproc_per_run if cfg.method != TEXT_ONLY else 1
+    today = ctx.fingerprints[key]
     try:
-        previous = store.run_dir_of(key)
-        if previous and has_checkpoint(Path(previous) / "checkpoint"):
-            run_dir = Path(previous)  # a resume continues in the folder that holds its checkpoint
-        else:
-            run_dir = Path(ctx.runs_dir) / ctx.sweep_name / key
-        run_id, owner = store.claim_run(ctx.sweep_id, cfg, provenance(world_size), retry_failed=False, run_dir=str(run_dir))
+        run_dir = resume_folder(store, key, today) or new_run_folder(Path(ctx.runs_dir) / ctx.sweep_name, key, today)
+        run_id, owner = store.claim_run(
+            ctx.sweep_id, cfg, provenance(world_size), retry_failed=False, run_dir=str(run_dir), fingerprint=today
+        )
     except ClaimError as e:  # another worker or sweep has it, or finished it meanwhile: not ours to train
         return "skipped", str(e)
     except SQLAlchemyError as e:  # the database is unreachable: the run stays as it was, for a later sweep
@@ -308,6 +328,24 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
             store.fail_run(run_id, owner, reason)
             _write_run_document(store, key, run_dir)
         return "failed", reason
+
+
+def resume_folder(store: Store, key: str, today: dict[str, str]) -> Path | None:
+    """The folder of the run's checkpoint when a resume may continue from it: a checkpoint written
+    under another fingerprint is removed (the run starts afresh, not from what other code trained)."""
+    (record,) = store.runs(keys=[key]) or [None]
+    if record is None or not record.run_dir or not has_checkpoint(Path(record.run_dir) / "checkpoint"):
+        return None
+    if record.fingerprint != today:
+        remove_checkpoint(Path(record.run_dir) / "checkpoint")
+        return None
+    return Path(record.run_dir)
+
+
+def new_run_folder(sweep_dir: Path, key: str, today: dict[str, str]) -> Path:
+    """runs/<sweep>/<key>; `<key>-<fingerprint>` when that folder holds a superseded run's files."""
+    folder = sweep_dir / key
+    return folder.with_name(f"{key}-{digest(today)[:8]}") if (folder / "run.json").exists() else folder
 
 
 def _unless_taken_over():
@@ -518,7 +556,7 @@ def train_run(
         remove_checkpoint(checkpoints.folder)
 
 
-def text_only_configs(configs: list[RunConfig], store: Store) -> list[RunConfig]:
+def text_only_configs(configs: list[RunConfig]) -> list[RunConfig]:
     """One text-only prior per synthetic data setting: the reference every method must beat."""
     out = {}
     for cfg in configs:
@@ -528,8 +566,7 @@ def text_only_configs(configs: list[RunConfig], store: Store) -> list[RunConfig]
             suite=cfg.suite, profile=cfg.profile, backbone=cfg.backbone, tasks=cfg.tasks, method=TEXT_ONLY,
             data=cfg.data, optim=OptimConfig(epochs=0),
         )
-        if store.status_of(base.key()) != "done":
-            out[base.key()] = base
+        out[base.key()] = base
     return list(out.values())
 
 

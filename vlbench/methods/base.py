@@ -130,6 +130,7 @@ class Method:
     uses_hidden_dim: ClassVar[bool] = False
     hidden_dim_meaning: ClassVar[str] = ""  # "bottleneck size", "rank", "prompt length"
     Options: ClassVar[type] = NoOptions  # the method's knobs (sweep flag --option key=value), a frozen dataclass
+    version: ClassVar[int] = 1  # bump when the method's modules, placement or trainable set change (fingerprints)
 
     def __init__(self, config: RunConfig):
         self.config = config

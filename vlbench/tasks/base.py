@@ -46,6 +46,10 @@ class Task:
     name: str
     prefix: str
     decode: str
+    # what produced a score, for the run's fingerprint: bump `version` when the task's examples
+    # (generator or loader), targets or scoring change; `metric_name` names its metrics.VERSIONS entry
+    version: int = 1
+    metric_name: str = ""
     choices: tuple[str, ...] = ()
     images_per_example: int = 1
     max_target_tokens: int = 4
@@ -67,6 +71,10 @@ class Task:
         if split not in self.files:
             raise UserError(f"{self.name}: unknown split {split!r} (choose from {', '.join(self.files)})")
         return [Path(root) / name for name in self.files[split]]
+
+    def data_files(self, root: Path) -> list[Path]:
+        """Every real-data file the task reads under `root` (a run's fingerprint digests them)."""
+        return list(dict.fromkeys(p for split in self.files for p in self.paths(root, split)))
 
     def train_items(self, examples: list[Example]) -> list[Example]:
         return list(examples)

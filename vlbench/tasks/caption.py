@@ -22,6 +22,7 @@ KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("tes
 
 
 class CaptionTask(Task):
+    metric_name = "caption_scores"
     name = "caption"
     prefix = "caption: "
     decode = "beam"

@@ -54,6 +54,7 @@ def candidate_questions(scene: Scene) -> dict[str, list[tuple[str, str]]]:
 
 
 class GQATask(Task):
+    metric_name = "exact_match"
     name = "gqa"
     prefix = "gqa: "
     decode = "greedy"

@@ -59,6 +59,7 @@ def random_statement(rng: random.Random):
 
 
 class NLVRTask(Task):
+    metric_name = "accuracy"
     name = "nlvr"
     prefix = "nlvr: "
     decode = "choice"

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+# the scenes' and their renderer's version, for fingerprints and the tiny backbones' cache key
+VERSION = 1
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),

@@ -150,6 +150,8 @@ def random_clip(
 class SyntheticClipBank:
     """clip id -> Clip; frame k of a clip is the image `<clip id>/<k>`, rendered on demand."""
 
+    version = 1  # of the clips and their rendering, for fingerprints
+
     def __init__(self, image_size: int):
         self.image_size = image_size
         self.clips: dict[str, Clip] = {}
@@ -202,6 +204,7 @@ class VideoQATask(VideoTask):
 
     decode = "greedy"
     max_target_tokens = 2
+    metric_name = "accuracy"
     n_choices: int
 
     def example(self, uid: str, video_id: str, text: str, answer: int) -> Example:

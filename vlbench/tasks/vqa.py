@@ -121,11 +121,17 @@ def annotate(answer: str, answer_type: str, rng: random.Random) -> list[str]:
 
 
 class VQATask(Task):
+    metric_name = "vqa_accuracy"
     name = "vqa"
     prefix = "vqa: "
     decode = "greedy"
     max_target_tokens = 4
     files = {split: (f"vqa/karpathy_{split}.json",) for split in ("train", "val", "test")}
+
+    def data_files(self, root: Path) -> list[Path]:
+        """The Karpathy files and the official annotation files scoring reads answers from."""
+        official = [Path(root) / ANNOTATIONS.format(subset=s) for s in ("train2014", "val2014")]
+        return super().data_files(root) + [p for p in official if p.is_file()]
 
     def image_questions(self, rng: random.Random, yes_no: Counter) -> tuple[Scene, list[tuple[str, str, str]]]:
         """One scene and its (question, answer, answer_type) triples, all distinct questions.
