@@ -88,3 +88,22 @@ def test_video_model_denominator():
     # theta V->L for 512-d features: Linear(512, d) + LN, Linear(5, d) + LN, Embedding(2, d)
     visual_embedding = (512 * 768 + 768) + 2 * 768 + (5 * 768 + 768) + 2 * 768 + 2 * 768
     assert rows[0]["total"] == BART_BASE + VIS_ROWS + visual_embedding
+
+
+def test_tiny_profile_scales_the_paper_sizes_by_the_width():
+    """Hyperformer's embeddings and the prompt MLP are the paper's sizes x 64/768 on the tiny LM (the
+    paper profile keeps the paper's): at the paper's sizes they held 57% / 63% of the tiny model."""
+    from vlbench.grid import GridRequest, expand
+    from vlbench.params import paper_table_params
+
+    for profile, hyper, prompt in (("tiny", (43, 11), 67), ("paper", None, None)):
+        configs = {c.method: c for c in expand(GridRequest(profile=profile, methods=("hyperformer", "prompt")))}
+        assert dict(configs["hyperformer"].method_options) == (
+            {"task_embedding_dim": hyper[0], "hyper_projector_dim": hyper[1]} if hyper else {}
+        )
+        assert dict(configs["prompt"].method_options) == ({"prompt_mid_dim": prompt} if prompt else {})
+    tiny = {row["method"]: row["percent"] for row in paper_table_params("image-text", "tiny")}
+    assert tiny["Hyperformer"] < 25 and tiny["Multiple Prompts"] < 20 and tiny["Single Prompt"] < 10
+    # families keep the paper's order: multiple > half > single
+    assert tiny["Multiple Adapters"] > tiny["Half-shared Adapters"] > tiny["Single Adapter"]
+    assert tiny["Multiple Prompts"] > tiny["Single Prompt"] and tiny["Multiple LoRA"] > tiny["Single LoRA"]

@@ -118,7 +118,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
     for name in methods:
         method = get_method(name)
         # each method gets the options it knows; an option no requested method knows is an error
-        options = {k: v for k, v in req.options if k in method.option_names()}
+        options = {**sized.method_options.get(name, {}), **{k: v for k, v in req.options if k in method.option_names()}}
         parsed = method.parse_options(options)  # each value checked against the method's Options
         if getattr(parsed, "train_vision", False):
             if req.suite != "image-text" or data.source != "synthetic":
@@ -150,7 +150,8 @@ def expand(req: GridRequest) -> list[RunConfig]:
                         method=name,
                         sharing=sharing,
                         hidden_dim=hidden_dim,
-                        method_options=tuple(sorted(options.items())),  # as given: defaults stay out of the key
+                        # as given or set by the profile: the method's own defaults stay out of the key
+                        method_options=tuple(sorted(options.items())),
                         seed=seed,
                         data=data,
                         optim=optim,

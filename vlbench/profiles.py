@@ -3,7 +3,7 @@ paper's setting (CLIP RN101 + BART-base or T5-base, real data, the paper's hyper
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlbench.config import DataConfig, OptimConfig, UserError
 
@@ -18,6 +18,8 @@ class Profile:
     d_model: int  # the LM width
     lr: dict  # (method, sharing) or (method, None) -> learning rate; "default" for the rest
     hidden_dims: dict  # method -> default hidden dim (bottleneck, LoRA rank, prompt length); "default" for the rest
+    # method -> its options' defaults at this profile's width (the methods' own defaults are the paper's sizes)
+    method_options: dict = field(default_factory=dict)
     video_lr_scale: float = 1.0  # video-text runs train at lr * this
     cuda_precision: str = "fp32"  # the forward passes' precision on a GPU when --precision is not given
 
@@ -55,6 +57,13 @@ PROFILES = {
             "default": 3e-3,
         },
         hidden_dims={"default": 8},  # d_model / 8, as the paper's 96 for BART-base
+        # the paper's absolute sizes scaled by the width, 64 / 768: Hyperformer's 512-d task and layer
+        # embeddings and 128-wide projector, the prompts' 800-wide MLP (at the paper's sizes they would
+        # hold 57% and 63% of the tiny model's parameters, against the paper's 5.79% and 4.53%)
+        method_options={
+            "hyperformer": {"task_embedding_dim": 43, "hyper_projector_dim": 11},
+            "prompt": {"prompt_mid_dim": 67},
+        },
     ),
     # docs/paper-facts.md §4: 20 epochs, lr 1e-4 full, 3e-4 multiple/half adapters, 1e-3 otherwise
     "paper": Profile(
