@@ -24,7 +24,10 @@ FAMILY_COLORS = {
     "hyperformer": "#9467bd",
     "lora": "#d62728",
     "prompt": "#ff7f0e",
+    "bitfit": "#8c564b",  # beyond the paper
 }
+# a method's own (marker, line) where it has no sharing modes to tell apart by
+METHOD_STYLES = {"bitfit": ("P", ":")}
 SHARING_STYLES = {"multiple": ("o", "-"), "half": ("^", "-."), "single": ("s", "--"), None: ("D", ":")}
 # where a hidden-dim label may sit, in points from its marker: tried in order until one overlaps nothing
 LABEL_OFFSETS = ((7, 6), (7, -13), (-14, 6), (-14, -13), (9, -3), (-17, -3), (-3, 10), (-3, -16), (12, 12), (-20, 12))
@@ -103,7 +106,7 @@ def plot_tradeoff(data: TradeoffData, path: Path, log_x: bool = False):
                          "axes.spines.right": False}):  # fmt: skip
         fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
         for s in data.series:
-            marker, line = SHARING_STYLES.get(s.sharing, SHARING_STYLES[None])
+            marker, line = METHOD_STYLES.get(s.method) or SHARING_STYLES.get(s.sharing, SHARING_STYLES[None])
             xs, ys, errs, _ = zip(*s.points)
             has_err = any(e is not None for e in errs)
             ax.errorbar(

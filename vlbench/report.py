@@ -26,6 +26,11 @@ from vlbench.files import atomic_write
 from vlbench.paper import TABLE1, TABLE2, TABLE3, TABLE4, TABLE5, PaperRow
 from vlbench.store import RunRecord, Store
 
+# methods that came after the paper (issue 14): their own group, below the paper's rows (which keep
+# their order) and above the reference row; bold marks the best of this group separately
+BEYOND_PAPER_LABELS = {
+    ("bitfit", None): "BitFit",
+}
 # (method, sharing) -> the paper's row label, in the paper's row order
 ROW_LABELS = {
     ("full", None): "Full fine-tuning",
@@ -41,9 +46,11 @@ ROW_LABELS = {
     ("prompt", "single"): "Single Prompt",
     ("proj-only", None): "θV→L only",
     ("proj-ln", None): "θV→L + LayerNorm",
+    **BEYOND_PAPER_LABELS,
     ("text-only", None): "Text-only prior (no visual input)",
 }
 REFERENCE_METHODS = ("text-only",)  # rows shown for reference, never bold
+BEYOND_PAPER_METHODS = tuple(method for method, _ in BEYOND_PAPER_LABELS)
 PAPER_ROW_OPTIONS = ("train_vision",)  # method options that make a different paper row (Table 3)
 TASK_HEADERS = {
     "vqa": "VQA", "gqa": "GQA", "nlvr": "NLVR2", "caption": "COCO Cap.",
@@ -234,9 +241,12 @@ def paper_identity(method: str, sharing: str | None, options: dict) -> tuple:
 
 
 def group_of(method: str) -> str:
-    """The paper bolds the best score separately with and without parameter-efficient training."""
+    """The paper bolds the best score separately with and without parameter-efficient training; the
+    methods beyond the paper are a group of their own, so the paper's rows keep the paper's bold."""
     if method in REFERENCE_METHODS:
         return "reference"
+    if method in BEYOND_PAPER_METHODS:
+        return "beyond"
     return "full" if method == "full" else "efficient"
 
 
@@ -345,7 +355,7 @@ def public(row: dict) -> dict:
 def best_cells(table: ReportTable) -> set[tuple[int, str]]:
     """(row index, column) of the highest score per column within each group, ties included."""
     best = set()
-    for group in ("full", "efficient"):
+    for group in ("full", "efficient", "beyond"):
         members = [i for i, row in enumerate(table.rows) if row["group"] == group]
         for key in table.score_keys:
             values = [table.rows[i][key] for i in members if table.rows[i].get(key) is not None]

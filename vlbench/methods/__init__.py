@@ -6,6 +6,7 @@ from vlbench.config import RunConfig, UserError
 from vlbench.methods.ablation import ProjectionAndLayerNorm, ProjectionOnly
 from vlbench.methods.adapter import Adapter
 from vlbench.methods.base import Method
+from vlbench.methods.bitfit import BitFit
 from vlbench.methods.compacter import Compacter
 from vlbench.methods.full import FullFineTuning
 from vlbench.methods.hyperformer import Hyperformer
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "prompt": PromptTuning,
     "proj-only": ProjectionOnly,
     "proj-ln": ProjectionAndLayerNorm,
+    "bitfit": BitFit,
 }
 
 
