@@ -204,7 +204,9 @@ def test_a_changed_method_supersedes_its_runs(workdir, monkeypatch):
     table = {row["method"] for row in json.loads(invoke("report", "--format", "json").stdout)}
     assert "Single Adapter" in table and not any("superseded" in m for m in table)
     result = invoke("report", "--format", "json", "--include-superseded")
-    assert "Single Adapter (superseded)" in {row["method"] for row in json.loads(result.stdout)}
+    assert f"Single Adapter (superseded {superseded.superseded_at:%m-%d %H:%M})" in {
+        row["method"] for row in json.loads(result.stdout)
+    }
     monkeypatch.setattr("vlbench.cli.console", Console(width=250))  # a wide terminal: no wrapped cells
     status = invoke("status").output
     assert "superseded" in status and "method: adapter v1 -> adapter v2" in status

@@ -163,8 +163,9 @@ def build_table(
     per_run = {rid: dict(zip(g["task"], g["value"] * 100)) for rid, g in scores.groupby("run_id")}
 
     groups: dict[str, list[RunRecord]] = {}
-    for r in runs:  # seeds of one config average; superseded runs never with current ones
-        groups.setdefault((config_without_seed(r), r.status), []).append(r)
+    for r in runs:  # seeds of one config average; superseded runs only with those of the same fingerprint
+        generation = json.dumps(r.fingerprint, sort_keys=True) if r.status == "superseded" else ""
+        groups.setdefault((config_without_seed(r), generation), []).append(r)
     rows = [summarise(spec, group, per_run, cost) for group in groups.values()]
     disambiguate(rows, list(groups.values()))
     if compare_paper:
@@ -213,7 +214,7 @@ def summarise(spec: TableSpec, runs: list[RunRecord], per_run: dict, cost: bool)
     first = runs[0]
     options = first.config.get("method_options", {})
     row = {
-        "method": spec.label(first.method, first.sharing, options) + (" (superseded)" if first.status == "superseded" else ""),
+        "method": spec.label(first.method, first.sharing, options) + superseded_mark(runs),
         "hidden_dim": first.hidden_dim,
         "params_percent": round(first.percent, 2) if first.percent is not None else None,
         "seeds": len(runs),
@@ -233,6 +234,12 @@ def summarise(spec: TableSpec, runs: list[RunRecord], per_run: dict, cost: bool)
     row["_key"] = paper_identity(first.method, first.sharing, options)
     row["_order"] = order_key(spec, first.method, first.sharing, options, first.hidden_dim)
     return row
+
+
+def superseded_mark(runs: list[RunRecord]) -> str:
+    """' (superseded MM-DD HH:MM)' for a group of superseded runs (the first was superseded then), else ''."""
+    when = min((r.superseded_at for r in runs if r.status == "superseded"), default=None)
+    return f" (superseded {when:%m-%d %H:%M})" if when else ""
 
 
 def paper_identity(method: str, sharing: str | None, options: dict) -> tuple:
