@@ -345,6 +345,43 @@ def report(
     err_console.print(f"[dim]written to {path}[/dim]")
 
 
+@app.command("evaluate")
+def evaluate_run(
+    run: str = typer.Argument(..., help="a run key, or a run's label as `vlbench status` prints it (adapter-single-d8-s0)"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="the sweep whose run has that label (when several do)"),
+    split: str = typer.Option("test", help="val or test"),
+    predictions_out: Optional[Path] = typer.Option(
+        None, help="write each task's predictions here, in the official formats (<task>_<split>.json; NLVR2: .csv "
+        "identifier,prediction lines). Ids: the datasets' own on real data (VQA question_id, COCO image id, GQA "
+        "questionId, NLVR2 identifier); on synthetic data each example's uid (vqa-test-00003, ...) stands in for them"
+    ),
+    fmt: str = typer.Option("text", "--format", help="text (a table) or json ({task: {metric: value}}, x100 as report)"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """Rebuild a finished run's model from its run folder (config.json, trainable.safetensors) and evaluate it."""
+    import json
+
+    from rich.progress import Progress
+
+    from vlbench.runs import evaluate_run as evaluate, scores_table
+
+    try:
+        if fmt not in ("text", "json"):
+            raise UserError(f"--format: unknown format '{fmt}' (choose from text, json)")
+        with Progress(console=err_console, transient=True) as progress:
+            result = evaluate(open_store(db, reading=True), run, sweep_name, split, predictions_out, progress)
+    except UserError as e:
+        fail(str(e))
+    for note in result.notes:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    if fmt == "json":
+        print(json.dumps(result.scaled(), indent=2))
+    else:
+        console.print(scores_table(result))
+    for path in result.prediction_files:
+        err_console.print(f"[dim]predictions written to {escape(str(path))}[/dim]", highlight=False)
+
+
 @plot_app.command("tradeoff")
 def plot_tradeoff(
     task: str = typer.Option("avg", help="avg, vqa, gqa, nlvr or caption"),

@@ -146,9 +146,18 @@ def autocast(device, precision: str):
 def evaluate(
     model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device, dist: Dist | None = None
 ) -> dict[str, dict[str, float]]:
-    """Every task's metrics on `split`. Under `dist` each rank decodes every world_size-th eval batch
-    (the same batches as one process, so the same padding), the predictions are gathered and every
-    rank scores the whole split. Random number streams are left as they were."""
+    """Every task's metrics on `split`: the tasks' scores of `predict`'s predictions."""
+    return score(data, split, predict(model, data, split, optim, device, dist))
+
+
+@torch.no_grad()
+def predict(
+    model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device, dist: Dist | None = None
+) -> dict[str, dict[str, str]]:
+    """Every task's predictions on `split`, {task: {example uid: text}}. Under `dist` each rank
+    decodes every world_size-th eval batch (the same batches as one process, so the same padding)
+    and the predictions are gathered: every rank returns the whole split's. Random number streams
+    are left as they were."""
     cuda = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         model.eval()
@@ -166,7 +175,12 @@ def evaluate(
             gathered: list = [None] * world
             torch.distributed.all_gather_object(gathered, predictions)
             predictions = {name: {uid: p for part in gathered for uid, p in part[name].items()} for name in data}
-        return {name: d.task.score(d.split(split), predictions[name]) for name, d in data.items()}
+        return predictions
+
+
+def score(data: dict[str, TaskData], split: str, predictions: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:
+    """Every task's metrics of `predictions` ({task: {uid: text}}) on `split`."""
+    return {name: d.task.score(d.split(split), predictions[name]) for name, d in data.items()}
 
 
 # ----------------------------------------------------------------------------- training

@@ -113,7 +113,17 @@ class SweepContext:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.runs_dir) / "cache"
+        return cache_dir(self.runs_dir)
+
+
+def cache_dir(runs_dir: str | Path) -> Path:
+    """Where a runs folder keeps what its sweeps share: tiny backbones, frozen image features."""
+    return Path(runs_dir) / "cache"
+
+
+def runs_dir_of(run_dir: str | Path) -> Path:
+    """The runs folder a run folder (runs/<sweep>/<key>) belongs to."""
+    return Path(run_dir).parent.parent
 
 
 DB_URL_ENV = "VLBENCH_DB_URL"  # the store's full URL (with its password) for the sweep's other processes
@@ -493,6 +503,15 @@ def plan_table(configs: list[RunConfig]) -> Table:
     return table
 
 
+def task_data(cfg: RunConfig, res: Resources, model: VLModel) -> dict[str, TaskData]:
+    """The run's per-task data, as training and evaluation see it."""
+    # a model that trains CLIP (Table 3) sees the rendered images, not the frozen features
+    pixels = RenderedPixels(res.suite.bank.render, res.backbones.preprocess) if model.vision is not None else None
+    return {
+        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t], pixels) for t in cfg.tasks
+    }
+
+
 def train_run(
     cfg: RunConfig,
     res: Resources,
@@ -511,11 +530,7 @@ def train_run(
     counts = count_parameters(model)
     if main:
         store.record_params(run_id, owner, counts.trainable, counts.total, counts.convention, counts.components)
-    # a model that trains CLIP (Table 3) sees the rendered images, not the frozen features
-    pixels = RenderedPixels(res.suite.bank.render, res.backbones.preprocess) if model.vision is not None else None
-    data = {
-        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t], pixels) for t in cfg.tasks
-    }
+    data = task_data(cfg, res, model)
     checkpoints = CheckpointPolicy(run_dir / "checkpoint", execution.checkpoint_every)
     dev = device(dist)
     if dev.type == "cuda":
