@@ -46,6 +46,23 @@ def tiny_vl_model(seed: int = 0, vocab: int = 40) -> VLModel:
     return VLModel(lm, FEAT_DIM, BACKBONES["tiny"].n_vis_tokens, pool_size=3)
 
 
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def training_step(model) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """One AdamW step on `random_batch()` (task vqa), checking that gradients reach exactly the
+    trainable parameters: (every parameter before the step, the names of those the step changed)."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.router.task = "vqa"
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.loss(random_batch()).backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+    opt.step()
+    return before, {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
 def random_batch(batch_size: int = 3, n_images: int = 1, text_len: int = 5, target_len: int = 4, vocab: int = 40):
     g = torch.Generator().manual_seed(1)
     input_ids = torch.randint(5, vocab, (batch_size, text_len), generator=g)
