@@ -34,6 +34,7 @@ def test_sweep_report_and_rerun(workdir, monkeypatch):
     for method in ("full", "adapter"):
         r = runs[method]
         assert r.train_seconds > 0 and r.samples_per_second > 0 and r.checkpoint_bytes > 0
+        assert r.peak_memory_mb is not None and r.peak_memory_mb >= 0  # RSS growth over training
         assert (workdir / "runs" / "image-text-tiny" / r.key / "trainable.safetensors").exists()
         history = store.val_history(r.id)
         assert set(history["task"]) == {"vqa", "gqa", "nlvr", "caption"}

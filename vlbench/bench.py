@@ -35,16 +35,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import ctypes
 import datetime
-import gc
 import json
 import logging
-import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +51,7 @@ import torch
 from vlbench.config import RunConfig, UserError
 from vlbench.distributed import cores_available
 from vlbench.engine import PRECISIONS, autocast
+from vlbench.memory import PeakMemory, release_memory
 
 DEFAULT_BATCH_SIZE = 16
 DEVICES = ("cpu", "cuda")
@@ -76,7 +73,6 @@ class Shapes:
 # tokens with <s> </s>; answers are 3 tokens, captions ~10.
 SHAPES = {"tiny": Shapes(text_tokens=10, target_tokens=6), "paper": Shapes(text_tokens=20, target_tokens=10)}
 MATMUL_STOP_S = 0.1  # matmul sizes double from 1024 until one product takes this long (or 8192)
-MEMORY_SAMPLE_S = 0.005  # RSS sampling interval on CPU where the kernel keeps no resettable peak
 EVAL_REPEATS = 2  # timed repeats of each decoding / extraction measurement, after one warm-up
 STORE_IMAGES = 256  # random grids written to each temporary feature store
 EXTRACT_BATCH = 32  # `vlbench features extract`'s default batch
@@ -171,81 +167,6 @@ def describe_device(device: torch.device, threads: int) -> str:
                 name = line.split(":", 1)[1].strip()
                 break
     return f"cpu: {name}, {threads} threads"
-
-
-def rss_bytes() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:  # /proc/self/statm: size resident shared ... in pages
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def release_memory() -> None:
-    """Free what earlier measurements left, and hand glibc's free heap back, so RSS starts low."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class PeakMemory:
-    """Peak memory inside the block, in MB: CUDA's max allocated (weights included), or on CPU the
-    peak RSS growth over the RSS at entry. Linux keeps the peak itself (VmHWM, reset through
-    /proc/self/clear_refs); elsewhere a thread samples the RSS every MEMORY_SAMPLE_S. (A sampling
-    thread on Linux would cost time: on 2 cores each wake-up stalls the OpenMP workers' barriers.)"""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.mb = 0.0
-        self.thread = None
-
-    def __enter__(self):
-        release_memory()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        self.baseline = self.peak = rss_bytes()
-        if not reset_peak_rss():
-            self.done = threading.Event()
-            self.thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.done.wait(MEMORY_SAMPLE_S):
-            self.peak = max(self.peak, rss_bytes())
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-            return
-        if self.thread is not None:
-            self.done.set()
-            self.thread.join()
-        else:
-            self.peak = peak_rss_bytes()
-        self.mb = (max(self.peak, rss_bytes()) - self.baseline) / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak RSS of this process to its current RSS (Linux); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return peak_rss_bytes() > 0
-    except (OSError, ValueError):
-        return False
-
-
-def peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # kB
-    raise ValueError("no VmHWM in /proc/self/status")
 
 
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -55,6 +55,7 @@ from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.files import atomic_write
 from vlbench.fingerprint import digest, fingerprint, first_difference
 from vlbench.live import GridView
+from vlbench.memory import PeakMemory
 from vlbench.methods import build_vl_model, trains_vision
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
@@ -533,21 +534,22 @@ def train_run(
     data = task_data(cfg, res, model)
     checkpoints = CheckpointPolicy(run_dir / "checkpoint", execution.checkpoint_every)
     dev = device(dist)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    # peak memory of training alone (its steps, the per-epoch validation and the final test), after
+    # the model and data are built: the same measure as `vlbench bench`'s, for every method
     with RunMonitor(store, run_id, owner, stop) if main else nullcontext() as monitor:
-        result = train(
-            model,
-            data,
-            cfg.optim,
-            cfg.seed,
-            dev,
-            on_epoch_end=lambda epoch, metrics: store.record_metrics(run_id, owner, "val", epoch, metrics),
-            on_step=monitor.step if main else lambda epoch, step, total: None,
-            checkpoints=checkpoints,
-            stop_requested=stop,
-            dist=dist,
-        )
+        with PeakMemory(dev) as memory:
+            result = train(
+                model,
+                data,
+                cfg.optim,
+                cfg.seed,
+                dev,
+                on_epoch_end=lambda epoch, metrics: store.record_metrics(run_id, owner, "val", epoch, metrics),
+                on_step=monitor.step if main else lambda epoch, step, total: None,
+                checkpoints=checkpoints,
+                stop_requested=stop,
+                dist=dist,
+            )
         if not main:
             return
         if result.resumed_from is not None:
@@ -562,7 +564,7 @@ def train_run(
                 "train_seconds": result.train_seconds,
                 "eval_seconds": result.eval_seconds,
                 "samples_per_second": result.samples_per_second,
-                "peak_memory_mb": peak_memory_mb(dev),
+                "peak_memory_mb": memory.mb,
                 "checkpoint_bytes": checkpoint.stat().st_size,
             },
         )
@@ -623,14 +625,6 @@ def device(dist=None) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", dist.local_rank if dist is not None else 0)
-
-
-def peak_memory_mb(dev: torch.device) -> float:
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    import resource  # CPU: the process's peak resident set (Linux reports KiB)
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def provenance(world_size: int = 1) -> dict:
