@@ -80,6 +80,10 @@ def test_params_command_for_chosen_jobs():
     ]
     assert rows[1]["percent"] == pytest.approx(4.18, abs=0.01)
     assert rows[0]["percent"] < rows[1]["percent"]
+    # method knobs as on sweep: the paper's prompt MLP width gives the paper's 2.00%, a narrower one less
+    (paper_width,) = params_json("image-text", "--methods", "prompt", "--option", "prompt_mid_dim=800")
+    (narrow,) = params_json("image-text", "--methods", "prompt", "--option", "prompt_mid_dim=100")
+    assert paper_width["percent"] == pytest.approx(2.00, abs=0.01) and narrow["percent"] < paper_width["percent"]
 
 
 def test_video_model_denominator():

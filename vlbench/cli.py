@@ -254,6 +254,7 @@ def params(
     methods: Optional[str] = typer.Option(None, help="comma-separated methods [default: the paper's Table 1 rows]"),
     sharing: Optional[str] = typer.Option(None, help="comma-separated sharing modes"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated hidden dims"),
+    option: Optional[list[str]] = typer.Option(None, help="method knob key=value, repeatable (as on sweep)"),
     fmt: str = typer.Option("markdown", "--format", help="markdown or json"),
 ):
     """Updated-params % of each job, from the architectures alone (no weights, no data, no network)."""
@@ -266,7 +267,7 @@ def params(
     try:
         if fmt not in ("markdown", "json"):
             raise UserError(f"--format: unknown format '{fmt}' (choose from markdown, json)")
-        if methods is None and sharing is None and hidden_dims is None:
+        if methods is None and sharing is None and hidden_dims is None and not option:
             rows = paper_table_params(suite, profile, lm)
         else:
             request = GridRequest(
@@ -276,6 +277,7 @@ def params(
                 methods=csv_list(methods, "--methods"),
                 sharing=csv_list(sharing, "--sharing"),
                 hidden_dims=csv_list(hidden_dims, "--hidden-dims", int),
+                options=parse_options(option),
             )
             rows = params_rows(expand(request))
     except UserError as e:
