@@ -8,6 +8,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from vlbench import metrics
 from vlbench.cli import app
 from vlbench.model import VLModel
 from vlbench.store import Store
@@ -214,3 +215,28 @@ def test_a_changed_method_supersedes_its_runs(workdir, monkeypatch):
 
     monkeypatch.setattr("vlbench.sweep.train", lambda *a, **k: pytest.fail("retrained a current run"))
     assert "2 already done" in invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL).output
+
+
+def test_rescore_after_a_metric_change_scores_again_without_training(workdir, monkeypatch):
+    assert invoke("sweep", "image-text", "--methods", "adapter", *SMALL).exit_code == 0
+    store = Store(Store.default_url(workdir / "runs"))
+    (run,) = [r for r in store.runs() if r.method == "adapter"]
+    stored = store.test_scores()
+    nlvr_before = stored[(stored.run_id == run.id) & (stored.task == "nlvr")]["value"].tolist()
+
+    # a fix to NLVR2's metric: bump its version, and change what it computes
+    monkeypatch.setitem(metrics.VERSIONS, "accuracy", 2)
+    monkeypatch.setattr("vlbench.tasks.nlvr.accuracy", lambda predictions, labels: 0.25)
+    monkeypatch.setattr("vlbench.sweep.train", lambda *a, **k: pytest.fail("re-scoring must not train"))
+    result = invoke("sweep", "image-text", "--methods", "adapter", *SMALL, "--rescore")
+    assert result.exit_code == 0, result.output
+    assert "re-scored adapter-single-d8-s0 (metric accuracy: v1 -> v2)" in " ".join(result.output.split())
+    (after,) = [r for r in store.runs() if r.method == "adapter"]
+    assert after.id == run.id and after.status == "done" and after.fingerprint["metric accuracy"] == "v2"
+    assert [e["changed"] for e in after.rescored] == ["metric accuracy: v1 -> v2"]
+    scores = store.test_scores()
+    mine = scores[scores.run_id == run.id]
+    assert mine[mine.task == "nlvr"]["value"].tolist() == [0.25] and nlvr_before != [0.25]
+    unchanged = stored[(stored.run_id == run.id) & (stored.task != "nlvr")].reset_index(drop=True)
+    assert mine[mine.task != "nlvr"].reset_index(drop=True).equals(unchanged)  # the other tasks as they were
+    assert "1 already done" in invoke("sweep", "image-text", "--methods", "adapter", *SMALL).output

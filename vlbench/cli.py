@@ -144,6 +144,9 @@ def sweep_image_text(
     checkpoint_every: int = typer.Option(0, help="also checkpoint every N optimizer steps (always at epoch ends)"),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="keep finished runs' full checkpoints"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="train again the runs that failed before"),
+    rescore: bool = typer.Option(
+        False, "--rescore", help="done runs whose metrics changed since: re-score their trained models instead of retraining"
+    ),
     wait: bool = typer.Option(False, "--wait", help="slurm: wait for the job array, showing the live view"),
     slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition [default: the cluster's]"),
     slurm_time: int = typer.Option(60, help="slurm: time limit per run in minutes (a run at its limit is requeued)"),
@@ -170,7 +173,7 @@ def sweep_video_text(**options):
 def sweep_suite(
     suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
     n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
-    checkpoint_every, keep_checkpoints, retry_failed, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+    checkpoint_every, keep_checkpoints, retry_failed, rescore, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
     slurm_array_parallelism, slurm_extra, slurm_max_requeues,
 ) -> None:
     """Expand the sweep options into one suite's jobs and run them (or list them with --dry-run)."""
@@ -182,7 +185,7 @@ def sweep_suite(
         name = check_sweep_name(sweep_name or f"{suite}-{profile}")
         execution = ExecutionOptions(
             backend=backend, workers=workers, nproc_per_run=nproc_per_run, checkpoint_every=checkpoint_every,
-            keep_checkpoints=keep_checkpoints, retry_failed=retry_failed, wait=wait,
+            keep_checkpoints=keep_checkpoints, retry_failed=retry_failed, rescore=rescore, wait=wait,
             slurm=SlurmOptions(
                 partition=slurm_partition, time_min=slurm_time, gpus=slurm_gpus, cpus=slurm_cpus,
                 array_parallelism=slurm_array_parallelism, extra=key_values(slurm_extra, "--slurm-extra"),
@@ -233,6 +236,7 @@ def sweep_suite(
         f"{len(summary.skipped)} already done, {len(summary.failed)} failed"
         + (f", {len(summary.interrupted)} interrupted" if summary.interrupted else "")
         + (f", {len(summary.superseded)} superseded (trained again)" if summary.superseded else "")
+        + (f", {len(summary.rescored)} re-scored" if summary.rescored else "")
     )
     for label, reason in summary.failed:
         err_console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)

@@ -55,6 +55,7 @@ class ExecutionOptions:
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     keep_checkpoints: bool = False  # keep a finished run's full checkpoint (else only its trainable weights)
     retry_failed: bool = False
+    rescore: bool = False  # a done run whose fingerprint differs only in scoring is re-scored, not retrained
     wait: bool = False  # slurm: wait for the array, showing the live view
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 

@@ -2,10 +2,11 @@
 
     fingerprint(cfg) -> {part: description}      today's, from declared versions and file digests
     digest(parts) -> str                         the short hash the store keeps beside the parts
+    scoring_only(old, new) -> bool               whether only scoring changed (re-score, do not retrain)
     first_difference(old, new) -> str            why a stored run no longer counts, in one line
 
 A config key says what was asked for; the fingerprint says what code and files answered. Its parts:
-each task's version (examples, targets, scoring glue) and its metric's (metrics.VERSIONS), the
+each task's version (examples, targets, scoring glue), its metric's (metrics.VERSIONS), the
 method's, the engine's (training loop, evaluation and decoding), the backbone (tiny: the recipe key,
 which covers the tokenizer and the pretraining corpus; paper: a digest of the LM's weight and
 tokenizer files), the visual input (tiny: the scene or clip generator's version, the features being
@@ -37,8 +38,9 @@ def fingerprint(cfg: RunConfig) -> dict[str, str]:
 
     parts = {}
     for name in cfg.tasks:
-        task = ALL_TASKS[name]
-        parts[f"task {name}"] = f"v{task.version}, {task.metric_name} v{METRIC_VERSIONS[task.metric_name]}"
+        parts[f"task {name}"] = f"v{ALL_TASKS[name].version}"
+    for metric in dict.fromkeys(ALL_TASKS[name].metric_name for name in cfg.tasks):
+        parts[f"metric {metric}"] = f"v{METRIC_VERSIONS[metric]}"
     method_version = METHODS[cfg.method].version if cfg.method in METHODS else TEXT_ONLY_VERSION
     parts["method"] = f"{cfg.method} v{method_version}"
     parts["engine"] = f"v{ENGINE_VERSION}"
@@ -68,6 +70,15 @@ def fingerprint(cfg: RunConfig) -> dict[str, str]:
 
 def digest(parts: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scoring_only(old: dict[str, str] | None, new: dict[str, str]) -> bool:
+    """Whether the parts that differ are only how predictions are scored (metrics, the caption
+    tokenizer): then re-scoring the trained run (`sweep --rescore`) gives today's numbers."""
+    if old is None:
+        return False
+    differing = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    return bool(differing) and all(k.startswith("metric ") or k == "caption tokenizer" for k in differing)
 
 
 def first_difference(old: dict[str, str] | None, new: dict[str, str]) -> str:

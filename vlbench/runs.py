@@ -3,6 +3,7 @@
     find_run(store, run, sweep) -> RunRecord            a run key, or a label as `vlbench status` prints it
     load_trainable(model, path)                         trainable.safetensors into a rebuilt model, strictly
     evaluate_run(store, run, ...) -> RunEvaluation      rebuild, load, evaluate (and write prediction files)
+    rescore_run(store, record, today, changed)          re-score the test split after a metric change (sweep --rescore)
     write_predictions(folder, cfg, data, split, preds)  each task's predictions in its official format
 
 A done run's folder (`runs/<sweep>/<key>/`) holds its resolved `config.json` and its trained weights
@@ -128,6 +129,28 @@ def run_files(record: RunRecord) -> tuple[Path, RunConfig]:
     return folder, cfg
 
 
+def load_run(folder: Path, cfg: RunConfig, progress=None):
+    """(model, data, device): the run's model rebuilt as the sweep built it, with its trained weights."""
+    from vlbench import sweep as sweeps
+
+    res = sweeps.build_resources(cfg, sweeps.cache_dir(sweeps.runs_dir_of(folder)), progress)
+    model = sweeps.build_model(cfg, res.backbones)
+    load_trainable(model, folder / WEIGHTS_FILE)
+    data = sweeps.task_data(cfg, res, model)
+    dev = sweeps.device()
+    return model.to(dev), data, dev
+
+
+def rescore_run(store: Store, record: RunRecord, today: dict[str, str], changed: str, progress=None) -> None:
+    """Re-score a done run's test split with today's metrics (its predictions come from its trained
+    model, as at the end of its training) and record the new scores and fingerprint in the store."""
+    from vlbench.engine import evaluate
+
+    folder, cfg = run_files(record)
+    model, data, dev = load_run(folder, cfg, progress)
+    store.rescore(record.key, evaluate(model, data, "test", cfg.optim, dev), today, changed)
+
+
 def evaluate_run(
     store: Store,
     run: str,
@@ -138,7 +161,6 @@ def evaluate_run(
 ) -> RunEvaluation:
     """Rebuild a done run's model from its folder, load its trained weights, evaluate it on `split`
     and, with `predictions_out`, write each task's predictions there in its official format."""
-    from vlbench import sweep as sweeps
     from vlbench.engine import predict, score
     from vlbench.fingerprint import first_difference, fingerprint
 
@@ -153,12 +175,7 @@ def evaluate_run(
     if record.fingerprint != today:
         notes.append(f"what produced this run has changed since ({first_difference(record.fingerprint, today)}): "
                      "its scores may differ from the stored ones")  # fmt: skip
-    res = sweeps.build_resources(cfg, sweeps.cache_dir(sweeps.runs_dir_of(folder)), progress)
-    model = sweeps.build_model(cfg, res.backbones)
-    load_trainable(model, folder / WEIGHTS_FILE)
-    data = sweeps.task_data(cfg, res, model)
-    dev = sweeps.device()
-    model.to(dev)
+    model, data, dev = load_run(folder, cfg, progress)
     predictions = predict(model, data, split, cfg.optim, dev)
     evaluation = RunEvaluation(record, split, score(data, split, predictions), notes=notes)
     if predictions_out is not None:

@@ -158,6 +158,7 @@ class Run(Base):
     superseded_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the config key, once superseded
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     superseded_reason: Mapped[str | None] = mapped_column(Text)  # the first part that differed
+    rescored_json: Mapped[str | None] = mapped_column(Text)  # [{"at", "changed"}] of each re-scoring
 
 
 class Metric(Base):
@@ -222,6 +223,7 @@ class RunRecord:
     superseded_of: str | None  # a superseded run: the config key it was a run of (its own key is renamed)
     superseded_at: datetime | None
     superseded_reason: str | None
+    rescored: list[dict] | None  # each re-scoring of its test metrics after a metric change: when, what changed
     stale: bool  # running, but its owner is gone (dead on this host, or no heartbeat for stale_after s)
     # parameter counts, None until record_params
     trainable: int | None
@@ -565,6 +567,20 @@ class Store:
             run.superseded_reason = reason
         return True
 
+    def rescore(self, key: str, test: dict[str, dict[str, float]], fingerprint: dict[str, str], changed: str) -> None:
+        """Replace the done run's test metrics with a re-scoring of its trained model under today's
+        metrics (`fingerprint`), and note when and what changed; its other metrics and costs stay."""
+        with self._write() as s, s.begin():
+            run = s.scalar(select(Run).where(Run.key == key).with_for_update())
+            if run is None or run.status != "done":
+                raise StoreError(f"run {key} is not a done run; only a finished run can be re-scored")
+            epoch = s.scalar(select(Metric.epoch).where(Metric.run_id == run.id, Metric.split == "test").limit(1))
+            s.execute(delete(Metric).where(Metric.run_id == run.id, Metric.split == "test"))
+            s.add_all(_metric_rows(run.id, "test", epoch or 0, test))
+            run.fingerprint_json = _dump(fingerprint)
+            run.fingerprint = digest(fingerprint)
+            run.rescored_json = _dump([*(_load(run.rescored_json) or []), {"at": _now().isoformat(), "changed": changed}])
+
     def heartbeat(self, run_id: int, owner: str, progress: dict | None = None) -> None:
         """The owner is alive (and, optionally, where it is). OwnershipError once the run was taken over."""
         with self._write() as s, s.begin():
@@ -656,6 +672,7 @@ class Store:
             run.progress_json = _dump(run_doc["progress"])
             run.resumed_from_json = _dump(run_doc["resumed_from"])
             run.fingerprint_json = _dump(run_doc.get("fingerprint_parts"))
+            run.rescored_json = _dump(run_doc.get("rescored"))
             s.add(run)
             s.flush()
             params = doc.get("params")
@@ -805,6 +822,7 @@ def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict]
     run_doc.update(
         config=json.loads(run.config_json), versions=_load(run.versions_json), progress=_load(run.progress_json),
         resumed_from=_load(run.resumed_from_json), fingerprint_parts=_load(run.fingerprint_json),
+        rescored=_load(run.rescored_json),
     )  # fmt: skip
     params = None
     if pc is not None:
@@ -865,6 +883,7 @@ def _record(run: Run, sweep_name: str, pc: ParamCount | None, stale: bool) -> Ru
         superseded_of=run.superseded_of,
         superseded_at=run.superseded_at,
         superseded_reason=run.superseded_reason,
+        rescored=_load(run.rescored_json),
         stale=stale,
         trainable=pc.trainable if pc else None,
         total=pc.total if pc else None,

@@ -53,7 +53,7 @@ from vlbench.execution import (
 )
 from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.files import atomic_write
-from vlbench.fingerprint import digest, fingerprint, first_difference
+from vlbench.fingerprint import digest, fingerprint, first_difference, scoring_only
 from vlbench.live import GridView
 from vlbench.memory import PeakMemory
 from vlbench.methods import build_vl_model, trains_vision
@@ -73,6 +73,7 @@ class SweepSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already done
     superseded: list[tuple[str, str]] = field(default_factory=list)  # (label, what changed): done, but trained again
+    rescored: list[tuple[str, str]] = field(default_factory=list)  # (label, what changed): done, scored again
     failed: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
     interrupted: list[tuple[str, str]] = field(default_factory=list)  # (label, where it stopped)
     not_retried: list[str] = field(default_factory=list)  # failed earlier, left alone without --retry-failed
@@ -157,7 +158,7 @@ def run_sweep(
     todo = []
     for cfg in configs:
         record = known.get(cfg.key())
-        if reusable(cfg, record, fingerprints, store, summary):
+        if reusable(cfg, record, fingerprints, store, summary, rescore=execution.rescore, console=console):
             summary.skipped.append(cfg.label())
         elif record is not None and record.status == "failed" and not execution.retry_failed:
             summary.not_retried.append(cfg.label())
@@ -167,6 +168,8 @@ def run_sweep(
             todo.append(cfg)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} run(s) already done, skipped[/dim]")
+    for label, reason in summary.rescored:
+        console.print(f"[cyan]re-scored[/cyan] {escape(label)} ({escape(reason)}): its trained model, today's metrics")
     for label, reason in summary.superseded:
         console.print(f"[yellow]superseded[/yellow] {escape(label)} (what produced it changed: {escape(reason)}); training it again")
     if summary.elsewhere:
@@ -208,15 +211,29 @@ def run_sweep(
     return summary
 
 
-def reusable(cfg: RunConfig, record, fingerprints: dict, store: Store, summary: SweepSummary) -> bool:
+def reusable(
+    cfg: RunConfig, record, fingerprints: dict, store: Store, summary: SweepSummary, rescore: bool = False,
+    console: Console | None = None,
+) -> bool:
     """Whether the run is done and its numbers came from what would produce them today. A done run
-    with another fingerprint is superseded (kept, marked, left out of reports) and trained again."""
+    with another fingerprint is superseded (kept, marked, left out of reports) and trained again;
+    with `rescore`, one that differs only in how it is scored is re-scored from its trained model."""
     if record is None or record.status != "done":
         return False
     today = fingerprints[cfg.key()]
     if record.fingerprint == today:
         return True
     reason = first_difference(record.fingerprint, today)
+    if rescore and cfg.method != TEXT_ONLY and scoring_only(record.fingerprint, today):
+        from vlbench.runs import rescore_run
+
+        try:
+            rescore_run(store, record, today, reason)
+            summary.rescored.append((cfg.label(), reason))
+            return True
+        except UserError as e:  # no trained weights to re-score: train it again instead
+            if console is not None:
+                console.print(f"[yellow]cannot re-score {escape(cfg.label())}[/yellow]: {escape(str(e))}")
     if store.supersede(cfg.key(), reason) and cfg.method != TEXT_ONLY:
         summary.superseded.append((cfg.label(), reason))
     return False
