@@ -89,3 +89,28 @@ def test_cli_formats_and_errors(store, tmp_path, monkeypatch):
     Store(empty)
     result = runner.invoke(app, ["plot", "tradeoff", "--db", empty])
     assert result.exit_code == 2 and "vlbench sweep image-text --preset figure4" in result.output
+
+
+def test_score_against_peak_training_memory(tmp_path, monkeypatch):
+    """--x memory (LST's Figure 1): full fine-tuning is a point, the text-only prior the only line."""
+    store = Store(f"sqlite:///{tmp_path}/m.db")
+    sweep = store.get_or_create_sweep("mem", "image-text", "tiny", "test")
+    for method, sharing, d, percent, vqa, mb in (
+        ("full", None, None, 100.0, 0.62, 300.0), ("adapter", "single", 8, 4.0, 0.60, 100.0),
+        ("lora", "single", 8, 6.0, 0.57, 150.0), ("adapter", "multiple", 8, 12.0, 0.61, 120.0),
+    ):  # fmt: skip
+        add_run(store, sweep, scores(vqa), percent, method=method, sharing=sharing, hidden_dim=d,
+                cost={"peak_memory_mb": mb})  # fmt: skip
+    add_run(store, sweep, scores(0.30), 0.0, method="text-only")
+    data = tradeoff_data(store, task="vqa", x="memory")
+    points = {s.label: [(x, y) for x, y, _, _ in s.points] for s in data.series}
+    assert points == {"Full fine-tuning": [(300.0, 62.0)], "Single Adapter": [(100.0, 60.0)],
+                      "Single LoRA": [(150.0, 57.0)], "Multiple Adapters": [(120.0, 61.0)]}  # fmt: skip
+    assert list(data.references) == ["Text-only prior (no visual input)"]
+    assert data.frontier == [(100.0, 60.0), (120.0, 61.0), (300.0, 62.0)]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["plot", "tradeoff", "--task", "vqa", "--x", "memory", "--db", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "tradeoff_memory_vqa.png").stat().st_size > 1000
+    result = CliRunner().invoke(app, ["plot", "tradeoff", "--x", "time", "--db", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code != 0 and "--x: unknown axis 'time'" in result.output

@@ -392,19 +392,21 @@ def evaluate_run(
 def plot_tradeoff(
     task: str = typer.Option("avg", help="avg, vqa, gqa, nlvr or caption"),
     fmt: str = typer.Option("png", "--format", help="png, pdf or svg"),
-    log_x: bool = typer.Option(False, "--log-x", help="log scale for the updated-params axis"),
+    log_x: bool = typer.Option(False, "--log-x", help="log scale for the x axis"),
+    x: str = typer.Option("params", "--x", help="params (Figure 4: updated params %) or memory (peak training memory)"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
     include_superseded: bool = typer.Option(False, "--include-superseded", help=SUPERSEDED_HELP),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
-    """Figure 4: score vs updated parameters (%) per method family and hidden dim; written under reports/."""
+    """Figure 4: score vs updated parameters (%) per method family and hidden dim (--x memory: vs peak
+    training memory); written under reports/."""
     from vlbench.plot import write_tradeoff
 
     try:
         path = write_tradeoff(
             open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), task, fmt, log_x, sweep=sweep_name,
-            profile=profile, include_superseded=include_superseded,
+            profile=profile, include_superseded=include_superseded, x=x,
         )
     except UserError as e:
         fail(str(e))

@@ -1,9 +1,11 @@
-"""The paper's Figure 4: score vs updated parameters (%), one line per method family and sharing mode.
+"""The paper's Figure 4: score vs updated parameters (%), one line per method family and sharing mode;
+with `x="memory"`, score vs peak training memory (the Ladder Side-Tuning paper's Figure 1).
 
 The points are Table 1's rows (vlbench.report.build_table): every configuration averaged over its
-seeds, with the standard deviation as an error bar where there are several. Full fine-tuning and the
-text-only prior are horizontal reference lines; the Pareto frontier (no other point has fewer updated
-parameters and a higher score) is marked.
+seeds, with the standard deviation as an error bar where there are several. The text-only prior is
+a horizontal reference line, and so is full fine-tuning against updated parameters (at 100% it would
+squash the axis); against memory full fine-tuning is a point. The Pareto frontier (no other point
+has less on the x axis and a higher score) is marked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from vlbench.report import TASK_HEADERS, build_table
 from vlbench.store import Store
 
 TASK_CHOICES = ("avg", "vqa", "gqa", "nlvr", "caption")
+X_AXES = {  # --x: the row column, the axis label, the title, the file name stem
+    "params": ("params_percent", "Updated parameters (%)", "Accuracy vs updated parameters (VL-Adapter Figure 4)", "figure4"),
+    "memory": ("peak_memory_mb", "Peak training memory (MB)", "Accuracy vs peak training memory (LST Figure 1)",
+               "tradeoff_memory"),
+}  # fmt: skip
 PLOT_FORMATS = ("png", "pdf", "svg")
 FAMILY_COLORS = {
     "adapter": "#1f77b4",
@@ -25,9 +32,10 @@ FAMILY_COLORS = {
     "lora": "#d62728",
     "prompt": "#ff7f0e",
     "bitfit": "#8c564b",  # beyond the paper
+    "full": "black",  # a point against memory (a reference line against updated params)
 }
 # a method's own (marker, line) where it has no sharing modes to tell apart by
-METHOD_STYLES = {"bitfit": ("P", ":")}
+METHOD_STYLES = {"bitfit": ("P", ":"), "full": ("*", "")}
 SHARING_STYLES = {"multiple": ("o", "-"), "half": ("^", "-."), "single": ("s", "--"), None: ("D", ":")}
 # where a hidden-dim label may sit, in points from its marker: tried in order until one overlaps nothing
 LABEL_OFFSETS = ((7, 6), (7, -13), (-14, 6), (-14, -13), (9, -3), (-17, -3), (-3, 10), (-3, -16), (12, 12), (-20, 12))
@@ -38,54 +46,58 @@ class Series:
     label: str  # "Single Adapter"
     method: str
     sharing: str | None
-    points: list[tuple[float, float, float | None, int | None]]  # (params %, score, std or None, hidden dim)
+    points: list[tuple[float, float, float | None, int | None]]  # (x: params % or MB, score, std or None, hidden dim)
 
 
 @dataclass
 class TradeoffData:
     task: str
     series: list[Series]
+    x: str = "params"  # a key of X_AXES
     references: dict[str, float] = field(default_factory=dict)  # "Full fine-tuning" -> score
     frontier: list[tuple[float, float]] = field(default_factory=list)
 
 
 def tradeoff_data(
-    store: Store, task: str = "avg", sweep: str | None = None, profile: str | None = None, include_superseded: bool = False
+    store: Store, task: str = "avg", sweep: str | None = None, profile: str | None = None, include_superseded: bool = False,
+    x: str = "params",
 ) -> TradeoffData:
     if task not in TASK_CHOICES:
         raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(TASK_CHOICES)})")
+    if x not in X_AXES:
+        raise UserError(f"--x: unknown axis '{x}' (choose from {', '.join(X_AXES)})")
+    column = X_AXES[x][0]
     try:
-        table = build_table(store, 1, sweep=sweep, profile=profile, include_superseded=include_superseded)
+        table = build_table(store, 1, sweep=sweep, profile=profile, include_superseded=include_superseded, cost=x == "memory")
     except UserError as e:  # say which sweep makes this figure, not Table 1's
         raise UserError(str(e).replace("--preset table1", "--preset figure4")) from None
-    data = TradeoffData(task, [])
+    data = TradeoffData(task, [], x=x)
     by_label: dict[str, Series] = {}
     for row in table.rows:
         method, sharing, _ = row["_key"]
         score = row.get(task)
         if score is None:
             continue
-        if method in ("full", "text-only"):
+        if method == "text-only" or (method == "full" and x == "params"):
             data.references[row["method"]] = score
             continue
-        if row["params_percent"] is None:
+        if row.get(column) is None:
             continue
         # one line per row label without its hidden dim: variants ("[lr=...]") get lines of their own
         series = by_label.setdefault(row["method"], Series(row["method"], method, sharing, []))
-        series.points.append((row["params_percent"], score, row.get(f"{task}_std"), row["hidden_dim"]))
+        series.points.append((row[column], score, row.get(f"{task}_std"), row["hidden_dim"]))
     data.series = list(by_label.values())
     for s in data.series:
         s.points.sort()
     if not data.series:
-        raise UserError(
-            "no parameter-efficient runs to plot; run `vlbench sweep image-text --preset figure4` first"
-        )
+        what = "with a recorded peak memory " if x == "memory" else ""
+        raise UserError(f"no parameter-efficient runs {what}to plot; run `vlbench sweep image-text --preset figure4` first")
     data.frontier = pareto_frontier([(x, y) for s in data.series for x, y, _, _ in s.points])
     return data
 
 
 def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats on both axes (fewer updated params, higher score), by params."""
+    """Points no other point beats on both axes (less on x, higher score), by x."""
     frontier, best = [], float("-inf")
     for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
         if y > best:
@@ -114,9 +126,8 @@ def plot_tradeoff(data: TradeoffData, path: Path, log_x: bool = False):
                 color=FAMILY_COLORS.get(s.method, "#7f7f7f"), marker=marker, linestyle=line, markersize=6,
                 capsize=3, linewidth=1.6,
             )  # fmt: skip
-        styles = iter([("black", "-"), ("#7f7f7f", ":")])
         for name, score in data.references.items():
-            color, line = next(styles, ("#7f7f7f", "-."))
+            color, line = ("black", "-") if name.startswith("Full fine-tuning") else ("#7f7f7f", ":")
             ax.axhline(score, color=color, linestyle=line, linewidth=1.2, label=f"{name} ({score:.1f})")
         fx, fy = zip(*data.frontier)
         ax.step(fx, fy, where="post", color="#bbbbbb", linewidth=6, alpha=0.5, zorder=0, label="Pareto frontier")
@@ -126,9 +137,10 @@ def plot_tradeoff(data: TradeoffData, path: Path, log_x: bool = False):
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 1, 2, 10 rather than 10^0
             ax.xaxis.set_major_formatter(plain)
             ax.xaxis.set_minor_formatter(plain)
-        ax.set_xlabel("Updated parameters (%)" + (", log scale" if log_x else ""))
+        _, x_label, title, _ = X_AXES[data.x]
+        ax.set_xlabel(x_label + (", log scale" if log_x else ""))
         ax.set_ylabel(score_label(data.task))
-        ax.set_title("Accuracy vs updated parameters (VL-Adapter Figure 4)")
+        ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.margins(x=0.08, y=0.12)
@@ -181,11 +193,12 @@ def write_tradeoff(
     sweep: str | None = None,
     profile: str | None = None,
     include_superseded: bool = False,
+    x: str = "params",
 ) -> Path:
     if fmt not in PLOT_FORMATS:
         raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(PLOT_FORMATS)})")
-    data = tradeoff_data(store, task, sweep=sweep, profile=profile, include_superseded=include_superseded)
-    path = Path(reports_dir) / f"figure4_{task}.{fmt}"
+    data = tradeoff_data(store, task, sweep=sweep, profile=profile, include_superseded=include_superseded, x=x)
+    path = Path(reports_dir) / f"{X_AXES[x][3]}_{task}.{fmt}"
     fig = plot_tradeoff(data, path, log_x=log_x)
     import matplotlib.pyplot as plt
 
