@@ -145,7 +145,7 @@ def test_every_steps_checkpoints_survive_a_crash(setup, reference, tmp_path):
     policy = CheckpointPolicy(tmp_path / "checkpoint", every_steps=5)
 
     def crash_at(step_to_crash):
-        def on_step(epoch, step, total):
+        def on_step(epoch, step, total, stats):
             assert total == reference.steps
             if step == step_to_crash:
                 raise RuntimeError("killed")

@@ -240,3 +240,34 @@ def test_rescore_after_a_metric_change_scores_again_without_training(workdir, mo
     unchanged = stored[(stored.run_id == run.id) & (stored.task != "nlvr")].reset_index(drop=True)
     assert mine[mine.task != "nlvr"].reset_index(drop=True).equals(unchanged)  # the other tasks as they were
     assert "1 already done" in invoke("sweep", "image-text", "--methods", "adapter", *SMALL).output
+
+
+def test_runs_record_training_curves(workdir):
+    result = invoke("sweep", "image-text", "--methods", "adapter", *SMALL, "--log-every", "5", "--seeds", "0,1")
+    assert result.exit_code == 0, result.output
+    store = Store(Store.default_url(workdir / "runs"))
+    run, other_seed = [r for r in store.runs() if r.method == "adapter"]
+    curves = store.curves([run.id])
+    by_name = {name: g for name, g in curves.groupby("name")}
+    assert set(by_name) == {"loss", "lr", "samples_per_s"}
+    logged = by_name["loss"]["step"].tolist()
+    # the run has 24 optimizer steps: a point every 5th and at the last
+    assert logged == [5, 10, 15, 20, 24]
+    assert (by_name["loss"]["value"] > 0).all() and (by_name["samples_per_s"]["value"] > 0).all()
+    lr = by_name["lr"]["value"]
+    assert lr.max() > 0 and lr.iloc[-1] < lr.max()  # the schedule decays towards its end
+    (doc,) = store.run_documents(keys=[run.key])
+    assert len(doc["curves"]) == len(curves)  # run.json carries them: db rebuild restores them
+
+    from vlbench.plot import curves_data
+
+    (curve,) = curves_data(store, "loss")  # the two seeds of one config: one curve, their range as a band
+    assert curve.label == "Single Adapter" and curve.seeds == 2 and curve.xs == [5, 10, 15, 20, 24]
+    assert all(lo <= m <= hi for lo, m, hi in zip(curve.low, curve.mean, curve.high)) and curve.low != curve.high
+    (val,) = curves_data(store, "vqa")
+    assert val.xs == [1.0]  # one epoch of validation
+    for metric in ("loss", "vqa"):
+        assert invoke("plot", "curves", "--metric", metric).exit_code == 0
+        assert (workdir / "reports" / f"curves_{metric}.png").stat().st_size > 1000
+    result = invoke("plot", "curves", "--metric", "accuracy")
+    assert result.exit_code != 0 and "--metric: unknown metric 'accuracy'" in result.output

@@ -142,6 +142,9 @@ def sweep_image_text(
     ),
     nproc_per_run: int = typer.Option(1, help="processes per run (DistributedDataParallel; gloo on CPU, NCCL on GPUs)"),
     checkpoint_every: int = typer.Option(0, help="also checkpoint every N optimizer steps (always at epoch ends)"),
+    log_every: Optional[int] = typer.Option(
+        None, help="a training-curve point (loss, lr, samples/s) every N optimizer steps [default: 100 points per run]"
+    ),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="keep finished runs' full checkpoints"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="train again the runs that failed before"),
     rescore: bool = typer.Option(
@@ -173,7 +176,7 @@ def sweep_video_text(**options):
 def sweep_suite(
     suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
     n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
-    checkpoint_every, keep_checkpoints, retry_failed, rescore, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+    checkpoint_every, log_every, keep_checkpoints, retry_failed, rescore, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
     slurm_array_parallelism, slurm_extra, slurm_max_requeues,
 ) -> None:
     """Expand the sweep options into one suite's jobs and run them (or list them with --dry-run)."""
@@ -184,7 +187,7 @@ def sweep_suite(
     try:
         name = check_sweep_name(sweep_name or f"{suite}-{profile}")
         execution = ExecutionOptions(
-            backend=backend, workers=workers, nproc_per_run=nproc_per_run, checkpoint_every=checkpoint_every,
+            backend=backend, workers=workers, nproc_per_run=nproc_per_run, checkpoint_every=checkpoint_every, log_every=log_every,
             keep_checkpoints=keep_checkpoints, retry_failed=retry_failed, rescore=rescore, wait=wait,
             slurm=SlurmOptions(
                 partition=slurm_partition, time_min=slurm_time, gpus=slurm_gpus, cpus=slurm_cpus,
@@ -408,6 +411,25 @@ def plot_tradeoff(
             open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), task, fmt, log_x, sweep=sweep_name,
             profile=profile, include_superseded=include_superseded, x=x,
         )
+    except UserError as e:
+        fail(str(e))
+    console.print(f"written to {path}")
+
+
+@plot_app.command("curves")
+def plot_curves(
+    metric: str = typer.Option("loss", help="loss, lr, samples_per_s (per step), or vqa, gqa, nlvr, caption (val, per epoch)"),
+    fmt: str = typer.Option("png", "--format", help="png, pdf or svg"),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+):
+    """Training curves: one line per configuration (seeds averaged, their range as a band); under reports/."""
+    from vlbench.plot import write_curves
+
+    try:
+        path = write_curves(open_store(db, reading=True), project_folder(REPORTS_DIR, "reports"), metric, fmt,
+                            sweep=sweep_name, profile=profile)  # fmt: skip
     except UserError as e:
         fail(str(e))
     console.print(f"written to {path}")

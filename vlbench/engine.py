@@ -211,14 +211,15 @@ def train(
     device: torch.device,
     *,
     on_epoch_end: Callable[[int, dict[str, dict[str, float]]], None] = lambda epoch, metrics: None,
-    on_step: Callable[[int, int, int], None] = lambda epoch, step, total_steps: None,
+    on_step: Callable[[int, int, int, dict], None] = lambda epoch, step, total_steps, stats: None,
     checkpoints: CheckpointPolicy | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     dist: Dist | None = None,
 ) -> TrainResult:
     """Train `model` on `data`, evaluate on val after every epoch and on test at the end.
 
-    * `on_step(epoch, step, total_steps)` after every optimizer step (step: global steps done),
+    * `on_step(epoch, step, total_steps, stats)` after every optimizer step (step: global steps done;
+      stats: the step's "loss" and "lr", the run's "samples" and "train_seconds" so far),
       `on_epoch_end(epoch, val_metrics)` after every epoch's evaluation; under `dist` on rank 0 only.
     * `checkpoints`: a checkpoint in `checkpoints.folder` is resumed from exactly where it was taken
       (on_epoch_end is first called again for the epochs it holds); one is written after every
@@ -304,7 +305,9 @@ def train(
             run.step_losses.append(loss_value)
             run.train_seconds += time.perf_counter() - started
             if main:
-                on_step(epoch, run.step, total_steps)
+                stats = {"loss": loss_value, "lr": schedulers[0].get_last_lr()[0], "samples": run.samples,
+                         "train_seconds": run.train_seconds}  # fmt: skip
+                on_step(epoch, run.step, total_steps, stats)
             if checkpoints is not None and checkpoints.every_steps and run.step % checkpoints.every_steps == 0:
                 save()
                 stop("saved")

@@ -33,6 +33,7 @@ from vlbench.store import OwnershipError, Store
 
 HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
 PROGRESS_S = 2.0  # how often fresh progress (epoch, step, ETA) reaches the store for the live view
+CURVE_POINTS = 100  # training-curve points per run (loss, lr, samples/s), unless --log-every says otherwise
 BACKENDS = ("local", "slurm")
 
 
@@ -56,6 +57,7 @@ class ExecutionOptions:
     keep_checkpoints: bool = False  # keep a finished run's full checkpoint (else only its trainable weights)
     retry_failed: bool = False
     rescore: bool = False  # a done run whose fingerprint differs only in scoring is re-scored, not retrained
+    log_every: int | None = None  # training-curve point every N optimizer steps; None: CURVE_POINTS per run
     wait: bool = False  # slurm: wait for the array, showing the live view
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
@@ -136,13 +138,20 @@ class StopFlag:
 
 
 class RunMonitor:
-    """A running run's heartbeat and progress, written by a background thread so that long steps or
-    evaluations never make a live run look stale. If the run is taken over by another process (this
-    one was presumed dead), the stop flag says so at the next step."""
+    """A running run's heartbeat, progress and training curve, written by a background thread so that
+    long steps or evaluations never make a live run look stale and the training step never waits for
+    the database. Every `log_every` steps (default: CURVE_POINTS points per run) a curve point holds
+    the mean loss since the last point, the learning rate and the samples/s; points go out in batches
+    with the heartbeat. If the run is taken over by another process (this one was presumed dead), the
+    stop flag says so at the next step."""
 
-    def __init__(self, store: Store, run_id: int, owner: str, stop: StopFlag):
+    def __init__(self, store: Store, run_id: int, owner: str, stop: StopFlag, log_every: int | None = None):
         self.store, self.run_id, self.owner, self.stop = store, run_id, owner, stop
+        self.log_every = log_every
         self.progress: dict[str, Any] = {"phase": "starting"}
+        self._points: list[dict] = []  # curve points not yet written
+        self._points_lock = threading.Lock()
+        self._since: dict | None = None  # loss summed, steps, samples and seconds at the last point
         self._first_step: tuple[int, float] | None = None
         self._written: dict | None = None
         self._done = threading.Event()
@@ -155,8 +164,12 @@ class RunMonitor:
     def __exit__(self, *exc) -> None:
         self._done.set()
         self._thread.join()
+        with contextlib.suppress(OwnershipError):  # the last points (a reclaimed run's are not ours to write)
+            self._write_points()
 
-    def step(self, epoch: int, step: int, total_steps: int) -> None:
+    def step(self, epoch: int, step: int, total_steps: int, stats: dict | None = None) -> None:
+        if stats is not None:
+            self._curve(epoch, step, total_steps, stats)
         now = time.monotonic()
         if self._first_step is None:  # measure the rate from this process's own steps (a resume starts mid-way)
             self._first_step = (step, now)
@@ -164,10 +177,39 @@ class RunMonitor:
         eta = (now - t0) / (step - first) * (total_steps - step) if step > first else None
         self.progress = {"phase": "train", "epoch": epoch, "step": step, "total_steps": total_steps, "eta_s": eta}
 
+    def _curve(self, epoch: int, step: int, total_steps: int, stats: dict) -> None:
+        if self._since is None:  # this process's first step (a resume starts mid-way): rates count from here
+            self._since = {"loss": 0.0, "steps": 0, "samples": stats["samples"], "seconds": stats["train_seconds"]}
+        since = self._since
+        since["loss"] += stats["loss"]
+        since["steps"] += 1
+        every = self.log_every or max(1, total_steps // CURVE_POINTS)
+        if step % every and step != total_steps:
+            return
+        samples, seconds = stats["samples"] - since["samples"], stats["train_seconds"] - since["seconds"]
+        point = {"step": step, "epoch": epoch, "loss": since["loss"] / since["steps"], "lr": stats["lr"],
+                 "samples_per_s": samples / seconds if seconds > 0 else None}  # fmt: skip
+        with self._points_lock:
+            self._points.append(point)
+        self._since = {"loss": 0.0, "steps": 0, "samples": stats["samples"], "seconds": stats["train_seconds"]}
+
+    def _write_points(self) -> None:
+        with self._points_lock:
+            points, self._points = self._points, []
+        if points:
+            self.store.record_curve(self.run_id, self.owner, points)
+
     def _beat(self) -> None:
         last = 0.0
         while not self._done.wait(PROGRESS_S):
             progress = self.progress
+            try:
+                self._write_points()
+            except OwnershipError:
+                self.stop.taken_over = True
+                return
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the run (these points are lost)
+                pass
             if progress == self._written and time.monotonic() - last < HEARTBEAT_S:
                 continue
             try:

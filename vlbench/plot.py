@@ -204,3 +204,97 @@ def write_tradeoff(
 
     plt.close(fig)
     return path
+
+
+# ---- training curves (`vlbench plot curves`) ---------------------------------------------------
+
+CURVE_METRICS = {  # --metric -> (axis label, from the training curve (x = step) or the val history (x = epoch))
+    "loss": ("Training loss (mean since the last point)", "curve"),
+    "lr": ("Learning rate", "curve"),
+    "samples_per_s": ("Training samples/s", "curve"),
+    **{task: (f"Validation {TASK_HEADERS[task]} score", "val") for task in TASK_CHOICES if task != "avg"},
+}
+
+
+@dataclass
+class Curve:
+    label: str  # the run's row label, "Single Adapter" (seeds of one config share a curve)
+    method: str
+    sharing: str | None
+    xs: list[float]
+    mean: list[float]
+    low: list[float]  # the lowest and highest seed at each x (equal to mean for one seed)
+    high: list[float]
+    seeds: int
+
+
+def curves_data(store: Store, metric: str = "loss", sweep: str | None = None, profile: str | None = None) -> list[Curve]:
+    """One curve per configuration of the current (done, running, interrupted) runs, seeds averaged."""
+    from vlbench.report import config_without_seed, row_label
+
+    if metric not in CURVE_METRICS:
+        raise UserError(f"--metric: unknown metric '{metric}' (choose from {', '.join(CURVE_METRICS)})")
+    runs = [r for status in ("done", "running", "interrupted") for r in store.runs(sweep=sweep, status=status, profile=profile)]
+    runs = [r for r in runs if r.method != "text-only"]
+    if not runs:
+        raise UserError("no runs with a training curve; start one with `vlbench sweep image-text`")
+    source = CURVE_METRICS[metric][1]
+    per_run: dict[int, dict[float, float]] = {}
+    if source == "curve":
+        points = store.curves([r.id for r in runs])
+        for run_id, g in points[points["name"] == metric].groupby("run_id"):
+            per_run[run_id] = dict(zip(g["step"].astype(float), g["value"]))
+    else:
+        for r in runs:
+            history = store.val_history(r.id)
+            history = history[(history["task"] == metric) & (history["name"] == "score")]
+            if len(history):
+                per_run[r.id] = dict(zip(history["epoch"].astype(float) + 1, history["value"] * 100))
+    groups: dict[str, list] = {}
+    for r in runs:
+        if r.id in per_run:
+            groups.setdefault(config_without_seed(r), []).append(r)
+    curves = []
+    for group in groups.values():
+        first = group[0]
+        xs = sorted(set().union(*(per_run[r.id] for r in group)))
+        values = [[per_run[r.id][x] for r in group if x in per_run[r.id]] for x in xs]
+        curves.append(Curve(row_label(first.method, first.sharing, first.config.get("method_options")), first.method,
+                            first.sharing, xs, [sum(v) / len(v) for v in values], [min(v) for v in values],
+                            [max(v) for v in values], len(group)))  # fmt: skip
+    if not curves:
+        raise UserError(f"no run has recorded {metric} yet (runs recorded before training curves have none)")
+    return curves
+
+
+def write_curves(
+    store: Store, reports_dir: Path, metric: str = "loss", fmt: str = "png", sweep: str | None = None,
+    profile: str | None = None,
+) -> Path:
+    """`vlbench plot curves`: reports/curves_<metric>.<fmt>, one line per configuration, seeds as a band."""
+    if fmt not in PLOT_FORMATS:
+        raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(PLOT_FORMATS)})")
+    curves = curves_data(store, metric, sweep=sweep, profile=profile)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(reports_dir) / f"curves_{metric}.{fmt}"
+    with plt.rc_context({"font.size": 11, "legend.fontsize": 9, "axes.spines.top": False, "axes.spines.right": False}):
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+        for c in curves:
+            color = FAMILY_COLORS.get(c.method, "#7f7f7f")
+            _, line = METHOD_STYLES.get(c.method) or SHARING_STYLES.get(c.sharing, SHARING_STYLES[None])
+            ax.plot(c.xs, c.mean, color=color, linestyle=line or "-", linewidth=1.6,
+                    label=c.label + (f" ({c.seeds} seeds)" if c.seeds > 1 else ""))  # fmt: skip
+            if c.seeds > 1:
+                ax.fill_between(c.xs, c.low, c.high, color=color, alpha=0.15, linewidth=0)
+        label, source = CURVE_METRICS[metric]
+        ax.set_xlabel("Optimizer step" if source == "curve" else "Epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix[1:]))
+    plt.close(fig)
+    return path

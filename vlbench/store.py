@@ -64,6 +64,7 @@ TEST_SCORE_COLUMNS = [
     "task", "name", "value", "trainable", "total", "percent",
 ]  # fmt: skip
 VLBENCH_TABLES = {"sweeps", "runs", "metrics", "param_counts"}  # what a base-revision (0.1.0) database holds
+CURVE_NAMES = ("loss", "lr", "samples_per_s")  # what a training-curve point holds
 STALE_AFTER_S = 300.0  # a heartbeat older than this marks a running run as stale (owners beat every ~60 s)
 # file systems whose locking SQLite cannot trust (its docs: "SQLite over a network")
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "ceph", "beegfs", "glusterfs",
@@ -170,6 +171,19 @@ class Metric(Base):
     epoch: Mapped[int]
     task: Mapped[str] = mapped_column(String(50))
     name: Mapped[str] = mapped_column(String(50))
+    value: Mapped[float]
+
+
+class CurvePoint(Base):
+    """revision 0004: a run's training curve, one row per logged step and quantity (CURVE_NAMES)."""
+
+    __tablename__ = "curve_points"
+    __table_args__ = (UniqueConstraint("run_id", "step", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[int]
+    epoch: Mapped[int]
+    name: Mapped[str] = mapped_column(String(30))
     value: Mapped[float]
 
 
@@ -534,13 +548,13 @@ class Store:
         except exc.IntegrityError as e:  # e.g. another process inserted the same key first (non-SQLite backends)
             raise ClaimError(f"could not claim run {config.label()} ({key}): {e.orig}") from e
 
-    def _owned_run(self, s: Session, run_id: int, owner: str) -> Run:
+    def _owned_run(self, s: Session, run_id: int, owner: str, statuses: tuple[str, ...] = ("running",)) -> Run:
         run = s.scalar(select(Run).where(Run.id == run_id).with_for_update())
         if run is None:
             raise StoreError(f"no run with id {run_id}")
         if run.owner != owner:
             raise OwnershipError(f"run {run.label} ({run.key}) is owned by {run.owner}, not {owner}")
-        if run.status != "running":
+        if run.status not in statuses:
             raise OwnershipError(f"run {run.label} ({run.key}) is {run.status}, not running")
         return run
 
@@ -623,6 +637,28 @@ class Store:
             self._owned_run(s, run_id, owner)
             s.add_all(rows)
 
+    def record_curve(self, run_id: int, owner: str, points: list[dict]) -> None:
+        """Training-curve points [{"step", "epoch", "loss", "lr", "samples_per_s"}]; a point at a step
+        already recorded replaces it (a resumed run logs the same steps again). The owner may still
+        write the last points just after the run finished."""
+        rows = [
+            CurvePoint(run_id=run_id, step=p["step"], epoch=p["epoch"], name=name, value=float(p[name]))
+            for p in points for name in CURVE_NAMES if p.get(name) is not None and math.isfinite(p[name])
+        ]  # fmt: skip
+        with self._write() as s, s.begin():
+            self._owned_run(s, run_id, owner, statuses=("running", "done", "interrupted"))
+            s.execute(delete(CurvePoint).where(CurvePoint.run_id == run_id, CurvePoint.step.in_([p["step"] for p in points])))
+            s.add_all(rows)
+
+    def curves(self, run_ids: list[int]) -> pd.DataFrame:
+        """The training-curve points of these runs: run_id, step, epoch, name, value."""
+        q = select(CurvePoint.run_id, CurvePoint.step, CurvePoint.epoch, CurvePoint.name, CurvePoint.value).where(
+            CurvePoint.run_id.in_(run_ids)
+        ).order_by(CurvePoint.run_id, CurvePoint.name, CurvePoint.step)
+        with Session(self.engine) as s:
+            rows = [tuple(r) for r in s.execute(q)]
+        return pd.DataFrame(rows, columns=["run_id", "step", "epoch", "name", "value"])
+
     def finish_run(self, run_id: int, owner: str, cost: dict) -> None:
         """Mark the run done, with its costs (keys from COST_KEYS; missing ones stay empty)."""
         unknown = set(cost) - set(COST_KEYS)
@@ -685,6 +721,7 @@ class Store:
                 )
             for m in doc.get("metrics", []):
                 s.add_all(_metric_rows(run.id, m["split"], m["epoch"], {m["task"]: {m["name"]: m["value"]}}))
+            s.add_all(CurvePoint(run_id=run.id, **c) for c in doc.get("curves", []))
         return True
 
     # --- reads ----------------------------------------------------------------------------
@@ -773,7 +810,13 @@ class Store:
                 metrics.setdefault(m.run_id, []).append(
                     {"split": m.split, "epoch": m.epoch, "task": m.task, "name": m.name, "value": m.value}
                 )
-            return [_document(run, sw, params.get(run.id), metrics.get(run.id, [])) for run, sw in pairs]
+            curves: dict[int, list[dict]] = {}
+            order = (CurvePoint.run_id, CurvePoint.step, CurvePoint.name)
+            for c in s.scalars(select(CurvePoint).where(CurvePoint.run_id.in_(ids)).order_by(*order)):
+                curves.setdefault(c.run_id, []).append({"step": c.step, "epoch": c.epoch, "name": c.name, "value": c.value})
+            return [
+                _document(run, sw, params.get(run.id), metrics.get(run.id, []), curves.get(run.id, [])) for run, sw in pairs
+            ]
 
 
 # the run columns a run document carries as they are (times as ISO strings)
@@ -815,7 +858,7 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
 
 
-def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict]) -> dict:
+def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict], curves: list[dict]) -> dict:
     run_doc = {name: getattr(run, name) for name in RUN_DOC_COLUMNS}
     for name in TIME_COLUMNS:
         run_doc[name] = _time(run_doc[name])
@@ -834,6 +877,7 @@ def _document(run: Run, sweep: Sweep, pc: ParamCount | None, metrics: list[dict]
         "run": run_doc,
         "params": params,
         "metrics": metrics,
+        "curves": curves,
     }
 
 

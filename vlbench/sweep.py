@@ -553,7 +553,7 @@ def train_run(
     dev = device(dist)
     # peak memory of training alone (its steps, the per-epoch validation and the final test), after
     # the model and data are built: the same measure as `vlbench bench`'s, for every method
-    with RunMonitor(store, run_id, owner, stop) if main else nullcontext() as monitor:
+    with RunMonitor(store, run_id, owner, stop, execution.log_every) if main else nullcontext() as monitor:
         with PeakMemory(dev) as memory:
             result = train(
                 model,
@@ -562,7 +562,7 @@ def train_run(
                 cfg.seed,
                 dev,
                 on_epoch_end=lambda epoch, metrics: store.record_metrics(run_id, owner, "val", epoch, metrics),
-                on_step=monitor.step if main else lambda epoch, step, total: None,
+                on_step=monitor.step if main else lambda epoch, step, total, stats: None,
                 checkpoints=checkpoints,
                 stop_requested=stop,
                 dist=dist,
