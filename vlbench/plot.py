@@ -53,9 +53,9 @@ class Series:
 class TradeoffData:
     task: str
     series: list[Series]
-    x: str = "params"  # a key of X_AXES
     references: dict[str, float] = field(default_factory=dict)  # "Full fine-tuning" -> score
     frontier: list[tuple[float, float]] = field(default_factory=list)
+    x: str = "params"  # a key of X_AXES
 
 
 def tradeoff_data(
