@@ -1,6 +1,7 @@
 """What produced a run's numbers, beyond its config: the run's fingerprint.
 
     fingerprint(cfg) -> {part: description}      today's, from declared versions and file digests
+    fingerprints(configs) -> {key: fingerprint}  many at once, each backbone's and data's files read once
     digest(parts) -> str                         the short hash the store keeps beside the parts
     scoring_only(old, new) -> bool               whether only scoring changed (re-score, do not retrain)
     first_difference(old, new) -> str            why a stored run no longer counts, in one line
@@ -30,7 +31,24 @@ TEXT_ONLY_VERSION = 1  # the text-only prior (sweep.run_text_only), which is no 
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, str]:
-    from vlbench import backbones as backbone_registry
+    return fingerprints([cfg])[cfg.key()]
+
+
+def fingerprints(configs: list[RunConfig]) -> dict[str, dict[str, str]]:
+    """Config key -> today's fingerprint; what runs of one backbone and data share (the backbone,
+    the data files, the feature store) is read once per such group, not once per run."""
+    inputs: dict[tuple, dict[str, str]] = {}
+    out = {}
+    for cfg in configs:
+        group = (cfg.backbone, cfg.data, cfg.suite, cfg.tasks)
+        if group not in inputs:
+            inputs[group] = _input_parts(cfg)
+        out[cfg.key()] = {**_code_parts(cfg), **inputs[group]}
+    return out
+
+
+def _code_parts(cfg: RunConfig) -> dict[str, str]:
+    """The declared versions of the code that trains and scores the run."""
     from vlbench.engine import ENGINE_VERSION
     from vlbench.methods import METHODS
     from vlbench.metrics import VERSIONS as METRIC_VERSIONS
@@ -44,6 +62,15 @@ def fingerprint(cfg: RunConfig) -> dict[str, str]:
     method_version = METHODS[cfg.method].version if cfg.method in METHODS else TEXT_ONLY_VERSION
     parts["method"] = f"{cfg.method} v{method_version}"
     parts["engine"] = f"v{ENGINE_VERSION}"
+    return parts
+
+
+def _input_parts(cfg: RunConfig) -> dict[str, str]:
+    """The backbone, the data and visual input, and the caption tokenizer the run reads."""
+    from vlbench import backbones as backbone_registry
+    from vlbench.tasks import ALL_TASKS
+
+    parts = {}
     spec = backbone_registry.BACKBONES[cfg.backbone]
     if spec.pretrain:
         parts["backbone"] = f"{spec.name} recipe {backbone_registry.recipe_key(spec)}"

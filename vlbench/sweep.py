@@ -53,7 +53,8 @@ from vlbench.execution import (
 )
 from vlbench.features import FeatureStore, image_features, open_feature_store
 from vlbench.files import atomic_write
-from vlbench.fingerprint import digest, fingerprint, first_difference, scoring_only
+from vlbench.fingerprint import digest, first_difference, scoring_only
+from vlbench.fingerprint import fingerprints as fingerprints_of
 from vlbench.live import GridView
 from vlbench.memory import PeakMemory
 from vlbench.methods import build_vl_model, trains_vision
@@ -63,9 +64,9 @@ from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
 
-TEXT_ONLY = "text-only"
+TEXT_ONLY = "text-only"  # the method name under which the text-only prior is stored
 # what stops a run at its next step; USR2 is Slurm's (submitit's) warning before a time limit or preemption
-SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)  # the method name under which the text-only prior is stored
+SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def run_sweep(
     summary = SweepSummary()
     sweep_id = store.get_or_create_sweep(sweep_name, configs[0].suite, configs[0].profile, command)
     baselines = text_only_configs(configs)
-    fingerprints = {c.key(): fingerprint(c) for c in [*baselines, *configs]}
+    fingerprints = fingerprints_of([*baselines, *configs])
     known = {r.key: r for r in store.runs(keys=list(fingerprints))}
     baselines = [c for c in baselines if not reusable(c, known.get(c.key()), fingerprints, store, summary)]
     todo = []
