@@ -56,15 +56,15 @@ def test_default_url_and_db_file(tmp_path):
 
 def test_round_trip(store, sweep):
     c = cfg()
-    assert store.status_of(c.key()) is None
+    assert store.runs(keys=[c.key()]) == []
     run_id, owner = store.claim_run(sweep, c, PROV)
-    assert store.status_of(c.key()) == "running"
+    assert store.runs(keys=[c.key()])[0].status == "running"
     store.record_params(run_id, owner, 100, 1000, "test convention", {"adapter": {"trainable": 100, "total": 100}})
     store.record_metrics(run_id, owner, "val", 1, {"vqa": {"score": 0.3}, "gqa": {"score": 0.2}})
     store.record_metrics(run_id, owner, "val", 2, {"vqa": {"score": 0.4}, "gqa": {"score": 0.25}})
     store.record_metrics(run_id, owner, "test", 2, {"vqa": {"score": 0.45}})
     store.finish_run(run_id, owner, COST)
-    assert store.status_of(c.key()) == "done"
+    assert store.runs(keys=[c.key()])[0].status == "done"
 
     (r,) = store.runs()
     assert (r.id, r.key, r.sweep_id, r.sweep, r.status, r.owner) == (run_id, c.key(), sweep, "s1", "done", owner)
@@ -108,7 +108,7 @@ def test_claiming_done_run_raises(store, sweep):
     complete(store, sweep, c)
     with pytest.raises(ClaimError, match="done"):
         store.claim_run(sweep, c, PROV)
-    assert store.status_of(c.key()) == "done"
+    assert store.runs(keys=[c.key()])[0].status == "done"
 
 
 def test_running_run_is_taken_over_only_when_stale(store, sweep, tmp_path):
@@ -124,7 +124,7 @@ def test_running_run_is_taken_over_only_when_stale(store, sweep, tmp_path):
     run_id2, owner2 = store.claim_run(sweep, c, PROV, steal=True)
     assert run_id2 == run_id
     store.finish_run(run_id, owner2, {})
-    assert store.status_of(c.key()) == "done"
+    assert store.runs(keys=[c.key()])[0].status == "done"
 
 
 def test_wrong_owner_cannot_write(store, sweep):
@@ -137,7 +137,7 @@ def test_wrong_owner_cannot_write(store, sweep):
     ):
         with pytest.raises(OwnershipError):
             write("somebody:1:else")
-    assert store.status_of(cfg().key()) == "running"
+    assert store.runs(keys=[cfg().key()])[0].status == "running"
     store.finish_run(run_id, owner, COST)
     with pytest.raises(OwnershipError):  # a finished run takes no more writes, even from its owner
         store.record_metrics(run_id, owner, "val", 2, {"vqa": {"score": 0.1}})
@@ -251,4 +251,4 @@ def test_failed_write_leaves_nothing(store, sweep, tmp_path):
         with sqlite3.connect(tmp_path / "runs" / "vlbench.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.finish_run(run_id, owner, {})  # the store is still usable
-    assert store.status_of(cfg().key()) == "done"
+    assert store.runs(keys=[cfg().key()])[0].status == "done"

@@ -149,7 +149,7 @@ def test_base_revision_postgres_upgrades_in_place(fresh_postgres_url):
     sweep = store.get_or_create_sweep("s", "image-text", "tiny", "cmd")
     run_id, owner = store.claim_run(sweep, cfg(1), PROV)
     store.interrupt_run(run_id, owner, "x")  # 'interrupted' needs the widened status column
-    assert store.status_of(cfg(1).key()) == "interrupted"
+    assert store.runs(keys=[cfg(1).key()])[0].status == "interrupted"
 
 
 def test_newer_schema_is_refused(url):
@@ -259,7 +259,7 @@ def test_interrupted_resumes_and_failed_waits_for_retry(url):
     run_id, owner = store.claim_run(sweep, cfg(1), PROV, run_dir="/x/runs/s/k1")
     store.record_metrics(run_id, owner, "val", 0, {"vqa": {"score": 1.0}})
     store.interrupt_run(run_id, owner, "interrupted by SIGINT at epoch 1, step 3")
-    assert store.runs()[0].status == "interrupted" and store.run_dir_of(cfg(1).key()) == "/x/runs/s/k1"
+    assert store.runs()[0].status == "interrupted" and store.runs()[0].run_dir == "/x/runs/s/k1"
     run_id, owner = store.claim_run(sweep, cfg(1), PROV, retry_failed=False)
     store.note_resume(run_id, owner, {"epoch": 0, "step": 3})
     store.fail_run(run_id, owner, "OutOfMemoryError: CUDA out of memory")
@@ -267,7 +267,7 @@ def test_interrupted_resumes_and_failed_waits_for_retry(url):
     with pytest.raises(ClaimError, match="--retry-failed"):
         store.claim_run(sweep, cfg(1), PROV, retry_failed=False)
     store.claim_run(sweep, cfg(1), PROV, retry_failed=True)
-    assert store.runs()[0].status == "running" and store.run_dir_of(cfg(1).key()) == "/x/runs/s/k1"
+    assert store.runs()[0].status == "running" and store.runs()[0].run_dir == "/x/runs/s/k1"
 
 
 def test_run_documents_round_trip(url, tmp_path):

@@ -726,15 +726,6 @@ class Store:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def status_of(self, key: str) -> str | None:
-        with Session(self.engine) as s:
-            return s.scalar(select(Run.status).where(Run.key == key))
-
-    def run_dir_of(self, key: str) -> str | None:
-        """The run folder a run with this key last used (where a resume finds its checkpoint)."""
-        with Session(self.engine) as s:
-            return s.scalar(select(Run.run_dir).where(Run.key == key))
-
     def runs(
         self,
         sweep: str | None = None,
