@@ -179,7 +179,7 @@ def test_every_method_declares_frozen_typed_options():
         options = method.parse_options({})
         assert dataclasses.is_dataclass(options), name
         for f in dataclasses.fields(options):
-            assert f.metadata["kind"] in ("int", "float", "bool", "choice"), (name, f.name)
+            assert f.metadata["kind"] in ("int", "float", "bool", "choice", "str"), (name, f.name)
             with pytest.raises(dataclasses.FrozenInstanceError):
                 setattr(options, f.name, f.default)
         assert method.option_names() == tuple(f.name for f in dataclasses.fields(options))

@@ -147,6 +147,7 @@ def test_every_method_trains_on_t5(name):
     cfg = RunConfig(
         backbone="tiny-t5", method=name, sharing=method.default_sharing,
         hidden_dim=8 if method.uses_hidden_dim else None, tasks=TASKS,
+        method_options=(("config", "lora"),) if name == "peft" else (),
     )
     model = tiny_t5_model()
     method(cfg).apply(model, TASKS)

@@ -68,8 +68,9 @@ class Decoder:
         self.length_penalty = 1.0 if config.length_penalty is None else config.length_penalty
 
     def new_cache(self) -> EncoderDecoderCache:
-        config = self.lm.config.get_text_config(decoder=True)
-        return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        # layers are created as they are first written, so layers a method adds (LST's side network,
+        # numbered after the LM's) keep their keys and values here too and follow every reorder
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def step(self, tokens: torch.Tensor, encoded: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """fp32 next-token logits (rows, V) of one decoder step on the cached prefix."""

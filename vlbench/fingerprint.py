@@ -27,9 +27,6 @@ from pathlib import Path
 
 from vlbench.config import RunConfig
 
-TEXT_ONLY_VERSION = 1  # the text-only prior (sweep.run_text_only), which is no Method
-
-
 def fingerprint(cfg: RunConfig) -> dict[str, str]:
     return fingerprints([cfg])[cfg.key()]
 
@@ -50,6 +47,7 @@ def fingerprints(configs: list[RunConfig]) -> dict[str, dict[str, str]]:
 def _code_parts(cfg: RunConfig) -> dict[str, str]:
     """The declared versions of the code that trains and scores the run."""
     from vlbench.engine import ENGINE_VERSION
+    from vlbench.baselines import BASELINES
     from vlbench.methods import METHODS
     from vlbench.metrics import VERSIONS as METRIC_VERSIONS
     from vlbench.tasks import ALL_TASKS
@@ -59,8 +57,11 @@ def _code_parts(cfg: RunConfig) -> dict[str, str]:
         parts[f"task {name}"] = f"v{ALL_TASKS[name].version}"
     for metric in dict.fromkeys(ALL_TASKS[name].metric_name for name in cfg.tasks):
         parts[f"metric {metric}"] = f"v{METRIC_VERSIONS[metric]}"
-    method_version = METHODS[cfg.method].version if cfg.method in METHODS else TEXT_ONLY_VERSION
-    parts["method"] = f"{cfg.method} v{method_version}"
+    method = METHODS.get(cfg.method)
+    parts["method"] = f"{cfg.method} v{method.version if method else BASELINES[cfg.method].version}"
+    detail = method.fingerprint_detail(cfg.options) if method else ""
+    if detail:
+        parts["method"] += f" {detail}"
     parts["engine"] = f"v{ENGINE_VERSION}"
     return parts
 

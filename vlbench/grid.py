@@ -47,6 +47,11 @@ PRESETS = {
     "table3": Preset(paper_rows(TABLE3), tasks=("vqa",)),
     "table4": Preset(paper_rows(TABLE4)),
     "table5": Preset(paper_rows(TABLE5)),
+    # beyond the paper: its best rows beside the methods that came after it, for params, score and memory
+    "beyond": Preset(
+        (("full", None, ()), ("adapter", "single", ()), ("lora", "single", ()), ("lst", "single", ()),
+         ("bitfit", None, ()), ("peft", "single", (("config", "ia3"),)))
+    ),  # fmt: skip
     # Figure 4: accuracy vs updated params of the adapter-like families over their hidden sizes
     "figure4": Preset(
         tuple((m, s, ()) for m in ("adapter", "compacter", "lora") for s in ("multiple", "single")),
@@ -130,7 +135,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
             options.pop("vision_lr", None)  # a knob of the CLIP being trained: without one it must not split jobs
         # a method without sharing modes or hidden dim collapses those axes to one job
         sharings = (req.sharing or (method.default_sharing,)) if method.sharing_modes else (None,)
-        dims = (req.hidden_dims or (sized.default_hidden_dim(name),)) if method.uses_hidden_dim else (None,)
+        dims = method.hidden_dims(req.hidden_dims, sized.default_hidden_dim(name), parsed)
         for sharing in sharings:
             for hidden_dim in dims:
                 method.validate(sharing, hidden_dim, sized.d_model, parsed)

@@ -14,6 +14,7 @@ Per-task modules read `router.task`, which the engine sets before each task-homo
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.t5.modeling_t5 import T5LayerNorm
+from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoderLayer
+from transformers.models.t5.modeling_t5 import T5Block, T5LayerNorm
 
 from vlbench import decoding
 
@@ -83,6 +85,41 @@ class BartLayout:
     lm: nn.Module
     norm = nn.LayerNorm
     query_value = ("q_proj", "v_proj")
+    # each projection's (output axis, input axis): "model" the residual width, "head" the attention
+    # heads' concatenated dims, "ffn" the feed-forward inner units (structural pruning reads these)
+    projection_axes = {
+        "q_proj": ("head", "model"), "k_proj": ("head", "model"), "v_proj": ("head", "model"),
+        "out_proj": ("model", "head"), "fc1": ("ffn", "model"), "fc2": ("model", "ffn"),
+    }  # fmt: skip
+
+    def layers(self, stack: str) -> nn.ModuleList:
+        return self.lm.model.encoder.layers if stack == "encoder" else self.lm.model.decoder.layers
+
+    def scaled_config(self, width: int):
+        """The LM's config at another residual width, heads kept (each narrower), FFN scaled alike."""
+        config = copy.deepcopy(self.lm.config)
+        factor = check_reduction(config.d_model, width, config.encoder_attention_heads)
+        config.d_model = width
+        config.encoder_ffn_dim //= factor
+        config.decoder_ffn_dim //= factor
+        return config
+
+    def new_layers(self, config, stack: str, first_index: int) -> nn.ModuleList:
+        """Fresh layers of this family for `config`, numbered from `first_index` in a shared KV cache."""
+        layer = BartEncoderLayer if stack == "encoder" else BartDecoderLayer
+        count = config.encoder_layers if stack == "encoder" else config.decoder_layers
+        return nn.ModuleList(layer(config, layer_idx=first_index + i) for i in range(count))
+
+    def final_norm(self, width: int) -> nn.Module:
+        return nn.Identity()  # post-LN: a layer's output is already normalised
+
+    @staticmethod
+    def call_like(layer, hidden, args, kwargs, memory, carry):
+        """Call `layer` as its backbone twin was called (`args`, `kwargs`), on `hidden` and, in the
+        decoder, cross-attending to `memory`; returns its output and what the next layer of the side
+        stack needs from it (`carry`, here nothing: BART layers take only masks)."""
+        args = (hidden, *args[1:2], *((memory,) if len(args) > 2 else ()), *args[3:])
+        return layer(*args, **kwargs), carry
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         encoder = self.lm.model.encoder
@@ -116,6 +153,44 @@ class T5Layout:
     lm: nn.Module
     norm = T5LayerNorm
     query_value = ("q", "v")
+    projection_axes = {
+        "q": ("head", "model"), "k": ("head", "model"), "v": ("head", "model"), "o": ("model", "head"),
+        "wi": ("ffn", "model"), "wi_0": ("ffn", "model"), "wi_1": ("ffn", "model"), "wo": ("model", "ffn"),
+    }  # fmt: skip
+
+    def layers(self, stack: str) -> nn.ModuleList:
+        return self.lm.encoder.block if stack == "encoder" else self.lm.decoder.block
+
+    def scaled_config(self, width: int):
+        config = copy.deepcopy(self.lm.config)
+        factor = check_reduction(config.d_model, width, config.num_heads)
+        if config.d_kv % factor or config.d_ff % factor:
+            raise ValueError(f"d_kv {config.d_kv} and d_ff {config.d_ff} must be multiples of {factor}")
+        config.d_model = width
+        config.d_kv //= factor
+        config.d_ff //= factor
+        return config
+
+    def new_layers(self, config, stack: str, first_index: int) -> nn.ModuleList:
+        config = copy.deepcopy(config)
+        config.is_decoder = stack == "decoder"
+        count = config.num_layers if stack == "encoder" else config.num_decoder_layers
+        return nn.ModuleList(
+            T5Block(config, has_relative_attention_bias=i == 0, layer_idx=first_index + i) for i in range(count)
+        )
+
+    def final_norm(self, width: int) -> nn.Module:
+        return T5LayerNorm(width, eps=self.lm.config.layer_norm_epsilon)
+
+    @staticmethod
+    def call_like(layer, hidden, args, kwargs, memory, carry):
+        """T5Stack's call (hidden, mask, position bias, encoder states, encoder mask, cross-attention
+        bias), with the position biases the previous layer of the same stack computed (`carry`)."""
+        mask, _, encoder_states, encoder_mask = args[1:5]
+        hidden, bias, cross_bias = layer(
+            hidden, mask, carry[0], memory if encoder_states is not None else None, encoder_mask, carry[1], **kwargs
+        )
+        return hidden, (bias, cross_bias)
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.shared(input_ids)
@@ -136,13 +211,19 @@ class T5Layout:
 LAYOUTS = {"bart": BartLayout, "t5": T5Layout}
 
 
+def check_reduction(d_model: int, width: int, heads: int) -> int:
+    """The integer factor `d_model / width`, each of `heads` heads keeping whole dims."""
+    if width <= 0 or d_model % width or width % heads:
+        raise ValueError(f"a width of {width} does not divide d_model {d_model} into {heads} whole heads")
+    return d_model // width
+
+
 class VLModel(nn.Module):
     def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int, vision: nn.Module | None = None):
         super().__init__()
         self.lm = lm
         # the CLIP grid encoder, only when it trains (Table 3); batches then carry "pixels", not "feats"
         self.vision = vision
-        self.vision_lr: float | None = None
         self.layout = LAYOUTS[lm.config.model_type](lm)
         self.n_vis_tokens = n_vis_tokens
         self.pool_size = pool_size
@@ -258,7 +339,10 @@ class VLModel(nn.Module):
         enc, mask = self.encode_batch(batch)
         labels = batch["labels"]
         decoder_input_ids = shift_right(labels, self.lm.config.pad_token_id, self.lm.config.decoder_start_token_id)
-        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        # no KV cache: one pass over the whole target (and layers a method adds need no cache slots)
+        logits = self.lm(
+            encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits
         token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         valid = (labels != -100).float()
         per_example = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
@@ -283,7 +367,7 @@ class VLModel(nn.Module):
         bos = getattr(cfg, "bos_token_id", None)
         start_ids = [cfg.decoder_start_token_id] + ([bos] if bos is not None else [])
         start = torch.tensor(start_ids, device=mask.device).expand(n, -1)
-        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
+        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start, use_cache=False).logits[:, -1]
         return logits[:, choice_ids]
 
 

@@ -42,6 +42,9 @@ def count_parameters(model: VLModel) -> ParamCount:
         components[component]["total"] += n
         components[component]["trainable"] += n if trains else 0
 
+    # a method's parameters by identity: a module it adds inside the LM (PEFT's tuner layers) is met
+    # first under `lm.`, and named_parameters() yields a shared tensor once, under its first name
+    method_params = {id(p) for p in model.method_modules.parameters()}
     for name, p in model.named_parameters():
         if p is word_embeddings:
             # the table holds the original vocabulary and, in its last rows, the added vis tokens
@@ -50,7 +53,7 @@ def count_parameters(model: VLModel) -> ParamCount:
             add("lm", p.numel() - vis_rows, p.requires_grad)
         elif name.startswith("visual_embedding."):
             add("visual_embedding", p.numel(), p.requires_grad)
-        elif name.startswith("method_modules."):
+        elif id(p) in method_params:
             add("method", p.numel(), p.requires_grad)
         elif name.startswith("vision."):
             add("vision", p.numel(), p.requires_grad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlbench.baselines import is_baseline
 from vlbench.config import UserError
 from vlbench.files import atomic_write
 from vlbench.report import TASK_HEADERS, build_table
@@ -31,11 +32,13 @@ FAMILY_COLORS = {
     "hyperformer": "#9467bd",
     "lora": "#d62728",
     "prompt": "#ff7f0e",
-    "bitfit": "#8c564b",  # beyond the paper
+    "lst": "#17becf",  # beyond the paper
+    "bitfit": "#8c564b",
+    "peft": "#e377c2",
     "full": "black",  # a point against memory (a reference line against updated params)
 }
 # a method's own (marker, line) where it has no sharing modes to tell apart by
-METHOD_STYLES = {"bitfit": ("P", ":"), "full": ("*", "")}
+METHOD_STYLES = {"lst": ("X", "-"), "bitfit": ("P", ":"), "full": ("*", "")}
 SHARING_STYLES = {"multiple": ("o", "-"), "half": ("^", "-."), "single": ("s", "--"), None: ("D", ":")}
 # where a hidden-dim label may sit, in points from its marker: tried in order until one overlaps nothing
 LABEL_OFFSETS = ((7, 6), (7, -13), (-14, 6), (-14, -13), (9, -3), (-17, -3), (-3, 10), (-3, -16), (12, 12), (-20, 12))
@@ -78,7 +81,7 @@ def tradeoff_data(
         score = row.get(task)
         if score is None:
             continue
-        if method == "text-only" or (method == "full" and x == "params"):
+        if is_baseline(method) or (method == "full" and x == "params"):
             data.references[row["method"]] = score
             continue
         if row.get(column) is None:
@@ -235,7 +238,7 @@ def curves_data(store: Store, metric: str = "loss", sweep: str | None = None, pr
     if metric not in CURVE_METRICS:
         raise UserError(f"--metric: unknown metric '{metric}' (choose from {', '.join(CURVE_METRICS)})")
     runs = [r for status in ("done", "running", "interrupted") for r in store.runs(sweep=sweep, status=status, profile=profile)]
-    runs = [r for r in runs if r.method != "text-only"]
+    runs = [r for r in runs if not is_baseline(r.method)]
     if not runs:
         raise UserError("no runs with a training curve; start one with `vlbench sweep image-text`")
     source = CURVE_METRICS[metric][1]

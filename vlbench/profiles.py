@@ -56,7 +56,7 @@ PROFILES = {
             ("adapter", "half"): 2e-3,
             "default": 3e-3,
         },
-        hidden_dims={"default": 8},  # d_model / 8, as the paper's 96 for BART-base
+        hidden_dims={"lst": 16, "default": 8},  # d_model / 8, as the paper's 96 for BART-base; LST d_model / 4
         # the paper's absolute sizes scaled by the width, 64 / 768: Hyperformer's 512-d task and layer
         # embeddings and 128-wide projector, the prompts' 800-wide MLP (at the paper's sizes they would
         # hold 57% and 63% of the tiny model's parameters, against the paper's 5.79% and 4.53%)
@@ -77,8 +77,9 @@ PROFILES = {
         ),
         d_model=768,
         lr={("full", None): 1e-4, ("adapter", "multiple"): 3e-4, ("adapter", "half"): 3e-4, "default": 1e-3},
-        # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (docs/paper-facts.md §2)
-        hidden_dims={"lora": 128, "prompt": 40, "default": 96},
+        # bottleneck 768/8 = 96; LoRA rank 128; 40 prompt tokens (docs/paper-facts.md §2); LST's side
+        # network 768/4 = 192 (the LST reference's reduction factor for CLIP-BART and CLIP-T5)
+        hidden_dims={"lora": 128, "prompt": 40, "lst": 192, "default": 96},
         video_lr_scale=1 / 3,  # Table 4: "we divide the learning rate by 3 for all approaches"
         cuda_precision="bf16",  # autocast on GPUs: ~2x the fp32 (TF32) step at these widths, fp32 master weights
     ),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlbench.baselines import BASELINES
 from vlbench.config import IMAGE_TEXT_TASKS, VIDEO_TEXT_TASKS, UserError
 from vlbench.files import atomic_write
 from vlbench.paper import TABLE1, TABLE2, TABLE3, TABLE4, TABLE5, PaperRow
@@ -29,7 +30,10 @@ from vlbench.store import RunRecord, Store
 # methods that came after the paper (issue 14): their own group, below the paper's rows (which keep
 # their order) and above the reference row; bold marks the best of this group separately
 BEYOND_PAPER_LABELS = {
+    ("lst", "single"): "Ladder Side-Tuning",
     ("bitfit", None): "BitFit",
+    ("peft", "single"): "PEFT",  # a row per PEFT config, named after it (row_label)
+    ("peft", "multiple"): "PEFT (per task)",
 }
 # (method, sharing) -> the paper's row label, in the paper's row order
 ROW_LABELS = {
@@ -47,9 +51,9 @@ ROW_LABELS = {
     ("proj-only", None): "θV→L only",
     ("proj-ln", None): "θV→L + LayerNorm",
     **BEYOND_PAPER_LABELS,
-    ("text-only", None): "Text-only prior (no visual input)",
+    **{(name, None): baseline.label for name, baseline in BASELINES.items()},
 }
-REFERENCE_METHODS = ("text-only",)  # rows shown for reference, never bold
+REFERENCE_METHODS = tuple(BASELINES)  # rows shown for reference, never bold
 BEYOND_PAPER_METHODS = tuple(method for method, _ in BEYOND_PAPER_LABELS)
 PAPER_ROW_OPTIONS = ("train_vision",)  # method options that make a different paper row (Table 3)
 TASK_HEADERS = {
@@ -60,6 +64,7 @@ COST_COLUMNS = {
     "train_seconds": "train s",
     "samples_per_second": "samples/s",
     "peak_memory_mb": "peak MB",
+    "peak_reserved_mb": "reserved MB",  # CUDA only: a column only where some row has it
     "checkpoint_mb": "ckpt MB",
 }
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json", "html": "html"}
@@ -67,6 +72,8 @@ FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json", "html
 
 def row_label(method: str, sharing: str | None, options: dict | None = None) -> str:
     label = ROW_LABELS.get((method, sharing), f"{method} ({sharing})" if sharing else method)
+    if method == "peft" and (options or {}).get("config"):  # "PEFT ia3", "PEFT my_dora (per task)"
+        label = label.replace("PEFT", f"PEFT {Path(str(options['config'])).stem}", 1)
     if (options or {}).get("train_vision"):
         label += " + CLIP fine-tuned"
     return label
@@ -115,7 +122,7 @@ TABLES = {
     5: TableSpec(
         5, "Which components train (ablation)", "image-text", "bart", IMAGE_TEXT_TASKS, TABLE5,
         "vlbench sweep image-text --preset table5",
-        shows=lambda m, s: m in ABLATIONS or (m, s) in (("adapter", "single"), ("text-only", None)),
+        shows=lambda m, s: m in ABLATIONS or m in BASELINES or (m, s) == ("adapter", "single"),
     ),
 }  # fmt: skip
 
@@ -181,8 +188,9 @@ def build_table(
         if compare_paper:
             columns += [(f"{key}_paper", "paper"), (f"{key}_diff", "Δ")]
     columns.append(("seeds", "seeds"))
-    if cost:
-        columns += list(COST_COLUMNS.items())
+    if cost:  # reserved memory is CUDA's: no column for runs on CPU only
+        reserved = any(row.get("peak_reserved_mb") is not None for row in rows)
+        columns += [(k, h) for k, h in COST_COLUMNS.items() if k != "peak_reserved_mb" or reserved]
 
     notes = ["Test split, x100 (accuracy %, CIDEr x100); mean ± sample std over seeds where seeds > 1."]
     profiles = sorted({r.profile for r in runs})
@@ -229,6 +237,7 @@ def summarise(spec: TableSpec, runs: list[RunRecord], per_run: dict, cost: bool)
         row["train_seconds"] = mean_or_none([r.train_seconds for r in runs], 1)
         row["samples_per_second"] = mean_or_none([r.samples_per_second for r in runs], 1)
         row["peak_memory_mb"] = mean_or_none([r.peak_memory_mb for r in runs], 0)
+        row["peak_reserved_mb"] = mean_or_none([r.peak_reserved_mb for r in runs], 0)
         row["checkpoint_mb"] = mean_or_none([r.checkpoint_bytes and r.checkpoint_bytes / 2**20 for r in runs], 3)
     row["group"] = group_of(first.method)
     row["_key"] = paper_identity(first.method, first.sharing, options)

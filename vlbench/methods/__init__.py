@@ -11,6 +11,8 @@ from vlbench.methods.compacter import Compacter
 from vlbench.methods.full import FullFineTuning
 from vlbench.methods.hyperformer import Hyperformer
 from vlbench.methods.lora import LoRA
+from vlbench.methods.lst import LST
+from vlbench.methods.peft_tuner import PeftTuner
 from vlbench.methods.prompt import PromptTuning
 from vlbench.model import VLModel
 
@@ -24,6 +26,8 @@ METHODS: dict[str, type[Method]] = {
     "proj-only": ProjectionOnly,
     "proj-ln": ProjectionAndLayerNorm,
     "bitfit": BitFit,
+    "lst": LST,
+    "peft": PeftTuner,
 }
 
 
@@ -36,6 +40,11 @@ def get_method(name: str) -> type[Method]:
 def trains_vision(cfg: RunConfig) -> bool:
     """Whether the job's model holds the CLIP encoder and trains it (Table 3) instead of reading features."""
     return get_method(cfg.method)(cfg).trains_vision
+
+
+def param_groups(cfg: RunConfig, model: VLModel) -> list:
+    """The parameters the run's method trains with their own optimiser (`Method.param_groups`)."""
+    return get_method(cfg.method)(cfg).param_groups(model)
 
 
 def build_vl_model(cfg: RunConfig, lm, feat_dim: int, n_vis_tokens: int, vision=None) -> VLModel:

@@ -7,8 +7,14 @@ parameters that train. The engine only ever sees the resulting model.
 Sharing modes are routing, not separate classes: `multiple` keeps one module per task, `single`
 one for all tasks, `half` shares the up-projection and keeps the down-projection per task.
 
+What a method may declare besides `apply`: `param_groups(model)`, parameters it trains with their own
+optimiser (Table 3's CLIP: plain SGD at its own learning rate), which the engine builds apart from the
+AdamW over the rest; `load(model, tensors)`, how its saved trainable tensors go back into a freshly
+built model (by default: by name, every trainable parameter, shapes checked). `apply` keeps the
+handles of the hooks it registers in `self.hook_handles` (`remove_hooks()` detaches the method).
+
 Options (the sweep flag `--option key=value`): each method declares its knobs as a frozen dataclass
-`Options`, one field per knob made with `int_option`/`float_option`/`bool_option`/`choice_option`,
+`Options`, one field per knob made with `int_option`/`float_option`/`bool_option`/`choice_option`/`str_option`,
 which state the default and the constraint once. `Method.parse_options` checks what the user gave
 (values arrive JSON-decoded) and returns the typed object, defaults filled in; a method reads it as
 `self.options`. A RunConfig keeps only the pairs the user gave, so defaults never enter a run's key.
@@ -50,6 +56,11 @@ def choice_option(default: str, choices: tuple[str, ...], *, help: str = "") -> 
     return dataclasses.field(default=default, metadata={"kind": "choice", "choices": choices, "help": help})
 
 
+def str_option(default: str, *, help: str = "") -> Any:
+    """A text knob (a file path, a name)."""
+    return dataclasses.field(default=default, metadata={"kind": "str", "help": help})
+
+
 def shown(value: Any) -> str:
     """A value as the user wrote it on the command line: text quoted, JSON literals as JSON."""
     if isinstance(value, str):
@@ -78,6 +89,10 @@ def check_option(name: str, value: Any, spec: dataclasses.Field) -> Any:
             quoted = [repr(c) for c in choices]
             expected = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
             raise UserError(f"{flag}: expected {expected}, got {shown(value)}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{flag}: expected text, got {shown(value)}")
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -123,6 +138,16 @@ class VisionOptions:
     vision_lr: float = float_option(1e-6, help="the CLIP encoder's SGD learning rate, with train_vision")
 
 
+@dataclass(frozen=True)
+class ParamGroup:
+    """Trainable parameters with their own optimiser: "sgd" (plain) or "adamw" at `lr` (None: the run's)."""
+
+    name: str
+    params: tuple
+    optimizer: str = "adamw"
+    lr: float | None = None
+
+
 class Method:
     name: ClassVar[str]
     sharing_modes: ClassVar[tuple[str, ...]] = ()  # empty: the method has no per-task modules
@@ -135,6 +160,7 @@ class Method:
     def __init__(self, config: RunConfig):
         self.config = config
         self.options = self.parse_options(config.options)
+        self.hook_handles: list = []  # what `apply` registered, so the method can be detached
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -153,6 +179,20 @@ class Method:
                 raise UserError(f"--option: {cls.name} has no option '{key}' (its options: {known})")
             values[key] = check_option(key, value, specs[key])
         return cls.Options(**values)
+
+    @classmethod
+    def hidden_dims(cls, given: tuple[int, ...] | None, default: int, options: Any) -> tuple[int | None, ...]:
+        """The hidden dims a sweep runs this method at: `given` (--hidden-dims), else the profile's `default`;
+        (None,) for a method without one, so its jobs do not split by hidden dim."""
+        if not cls.uses_hidden_dim:
+            return (None,)
+        return given or (default,)
+
+    @classmethod
+    def fingerprint_detail(cls, options: Mapping[str, Any]) -> str:
+        """What, beyond `version`, the run's fingerprint names about the method's code and inputs for these
+        option pairs (e.g. a digest of a file an option names); empty for most methods."""
+        return ""
 
     @classmethod
     def validate(cls, sharing: str | None, hidden_dim: int | None, d_model: int, options=None) -> Any:
@@ -181,11 +221,38 @@ class Method:
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         raise NotImplementedError
 
+    def param_groups(self, model: VLModel) -> list[ParamGroup]:
+        """Table 3: a trained CLIP encoder gets plain SGD at `vision_lr` (the paper's footnote 3)."""
+        if not self.trains_vision:
+            return []
+        return [ParamGroup("vision", tuple(model.vision.parameters()), "sgd", self.options.vision_lr)]
 
-def train_vision_encoder(model: VLModel, lr: float) -> None:
-    """Table 3: the CLIP encoder inside the model trains too, at its own learning rate."""
-    model.vision.requires_grad_(True)
-    model.vision_lr = lr
+    def load(self, model: VLModel, tensors: Mapping[str, Any], source: str) -> None:
+        """Copy a run's saved trainable tensors into `model` (built by `apply`): each must be a parameter
+        of the same shape, and every trainable parameter must be there; else a UserError naming `source`
+        and the tensor, with the model untouched."""
+        import torch
+
+        params = dict(model.named_parameters())
+        for name, tensor in tensors.items():
+            if name not in params:
+                raise UserError(f"{source}: tensor {name} is not a parameter of the model this run's config builds")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise UserError(
+                    f"{source}: tensor {name} has shape {list(tensor.shape)}, the model's parameter {list(params[name].shape)}"
+                )
+        missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"{source}: no tensor for the trainable parameter {missing[0]}{more}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor)
+
+    def remove_hooks(self) -> None:
+        for handle in self.hook_handles:
+            handle.remove()
+        self.hook_handles.clear()
 
 
 def freeze_all_but_visual_embedding(model: VLModel) -> None:
@@ -211,12 +278,13 @@ def near_identity_linear(d_in: int, d_out: int) -> nn.Linear:
     return linear
 
 
-def transform_output(module: nn.Module, fn) -> None:
-    """Apply `fn` to a module's output tensor (the first element when the module returns a tuple)."""
+def transform_output(module: nn.Module, fn):
+    """Apply `fn` to a module's output tensor (the first element when the module returns a tuple);
+    the hook's handle."""
 
     def hook(_module, _inputs, output):
         if isinstance(output, tuple):
             return (fn(output[0]), *output[1:])
         return fn(output)
 
-    module.register_forward_hook(hook)
+    return module.register_forward_hook(hook)
