@@ -74,8 +74,8 @@ def test_evaluate_reproduces_the_stored_test_metrics(trained, monkeypatch):
     rebuilt = []
     load_trainable = run_loading.load_trainable
 
-    def keep_model(model, path):
-        load_trainable(model, path)
+    def keep_model(model, cfg, path):
+        load_trainable(model, cfg, path)
         rebuilt.append(model)
 
     monkeypatch.setattr(run_loading, "load_trainable", keep_model)

@@ -13,7 +13,7 @@ from vlbench.cli import app
 from vlbench.config import OptimConfig, RunConfig, UserError
 from vlbench.engine import build_optimizer
 from vlbench.grid import GridRequest, expand
-from vlbench.methods import build_vl_model
+from vlbench.methods import build_vl_model, param_groups
 from vlbench.params import count_parameters
 
 RN101_GRID_PARAMS = 56_259_936 - 13_740_544  # open_clip RN101 visual tower (ENVIRONMENT.md: 56.3M) minus attnpool
@@ -31,11 +31,14 @@ class TinyGrid(nn.Module):
         return self.bn(self.conv(x)).flatten(2).transpose(1, 2)
 
 
+def vision_config(method: str, **options) -> RunConfig:
+    return RunConfig(method=method, tasks=("vqa",), method_options=tuple(sorted({"train_vision": True, **options}.items())))
+
+
 def model_with_vision(method: str, **options):
     torch.manual_seed(0)
-    cfg = RunConfig(method=method, tasks=("vqa",), method_options=tuple(sorted({"train_vision": True, **options}.items())))
     lm = build_lm_from_config(BACKBONES["tiny"], vocab_size=40)
-    return build_vl_model(cfg, lm, FEAT_DIM, BACKBONES["tiny"].n_vis_tokens, vision=TinyGrid())
+    return build_vl_model(vision_config(method, **options), lm, FEAT_DIM, BACKBONES["tiny"].n_vis_tokens, vision=TinyGrid())
 
 
 def pixel_batch():
@@ -50,7 +53,10 @@ def test_full_with_clip_trains_clip_with_its_own_sgd():
     model.train()
     model.loss(pixel_batch()).backward()
     assert model.vision.conv.weight.grad is not None and model.vision.conv.weight.grad.abs().sum() > 0
-    optimizers, _ = build_optimizer(model, OptimConfig(lr=1e-3), total_steps=10)
+    # the method declares CLIP's optimiser as a parameter group; the engine builds it apart
+    groups = param_groups(vision_config("full", vision_lr=0.5), model)
+    assert [(g.name, g.optimizer, g.lr) for g in groups] == [("vision", "sgd", 0.5)]
+    optimizers, _ = build_optimizer(model, OptimConfig(lr=1e-3), total_steps=10, groups=groups)
     adamw, sgd = optimizers
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["initial_lr"] == 0.5
     vision = {id(p) for p in model.vision.parameters()}

@@ -245,10 +245,11 @@ def random_batch(
 def time_training(model, cfg: RunConfig, batch: dict, opts: BenchOptions, device: torch.device) -> dict:
     """The engine's training step on `batch`: median time, peak memory, counted FLOPs."""
     from vlbench.engine import build_optimizer
+    from vlbench.methods import param_groups
 
     model.to(device).train()
     model.router.task = "vqa"
-    optimizers, schedulers = build_optimizer(model, cfg.optim, opts.warmup + opts.steps + 1)
+    optimizers, schedulers = build_optimizer(model, cfg.optim, opts.warmup + opts.steps + 1, param_groups(cfg, model))
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> None:  # as engine.train, less collating (timed apart: data.wait_share)
@@ -276,7 +277,7 @@ def time_training(model, cfg: RunConfig, batch: dict, opts: BenchOptions, device
     with flop_counter() as counter:
         step()
     return {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb,
-            "flops_per_step": float(counter.get_total_flops())}  # fmt: skip
+            "peak_reserved_mb": memory.reserved_mb, "flops_per_step": float(counter.get_total_flops())}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- 3. decoding

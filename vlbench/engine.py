@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -38,6 +38,9 @@ from vlbench.config import OptimConfig
 from vlbench.data import TaskData, collate_train
 from vlbench.distributed import Dist
 from vlbench.model import VLModel
+
+if TYPE_CHECKING:
+    from vlbench.methods.base import ParamGroup
 
 
 class TrainingError(RuntimeError):
@@ -89,18 +92,16 @@ def epoch_schedule(
     return entries
 
 
-def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
+def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int, groups: Sequence[ParamGroup] = ()):
     """AdamW without weight decay on biases and LayerNorm weights; linear warmup then linear decay.
 
-    A trained vision encoder (Table 3) gets plain SGD at `model.vision_lr` instead, as in the paper.
-    Returns the optimizers and their schedulers (one each without a trained vision encoder)."""
-    vision = {id(p) for p in model.vision.parameters()} if model.vision is not None else set()
-    decay, no_decay, vision_params = [], [], []
+    `groups` are the method's parameters with their own optimiser (its `param_groups`; Table 3's CLIP:
+    plain SGD at its own learning rate), each built apart, on the same schedule. Returns the
+    optimizers and their schedulers (one each when the method declares no group)."""
+    own = {id(p) for group in groups for p in group.params}
+    decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if id(p) in vision:
-            vision_params.append(p)
+        if not p.requires_grad or id(p) in own:
             continue
         is_norm = "layer_norm" in name or "layernorm" in name or ".norm" in name or name.endswith("LayerNorm.weight")
         (no_decay if name.endswith("bias") or is_norm or p.ndim == 1 else decay).append(p)
@@ -114,8 +115,13 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int):
             fused=bool(decay or no_decay),
         )
     ]
-    if vision_params:
-        optimizers.append(torch.optim.SGD(vision_params, lr=model.vision_lr))
+    for group in groups:
+        params = [p for p in group.params if p.requires_grad]
+        lr = optim.lr if group.lr is None else group.lr
+        if group.optimizer == "sgd":
+            optimizers.append(torch.optim.SGD(params, lr=lr))
+        else:
+            optimizers.append(torch.optim.AdamW(params, lr=lr, eps=optim.adam_eps, weight_decay=optim.weight_decay))
     warmup = max(1, int(optim.warmup_ratio * total_steps))
 
     def lr_factor(step: int) -> float:
@@ -215,6 +221,7 @@ def train(
     checkpoints: CheckpointPolicy | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     dist: Dist | None = None,
+    param_groups: Sequence[ParamGroup] = (),
 ) -> TrainResult:
     """Train `model` on `data`, evaluate on val after every epoch and on test at the end.
 
@@ -226,6 +233,7 @@ def train(
       epoch, every `every_steps` optimizer steps and when stopping on request.
     * `stop_requested()` is polled after every optimizer step and every epoch's end; when true (on any
       rank) a checkpoint is written and Interrupted raised.
+    * `param_groups`: the method's parameters with their own optimiser (`Method.param_groups`).
     * `dist` (a joined process group, see vlbench.distributed): data parallel. Every rank collates
       the whole global batch as one process would and trains on its contiguous shard of rows, with
       the loss scaled so the averaged gradient is the one-process gradient of the global batch mean.
@@ -237,7 +245,7 @@ def train(
     batch_sizes = {name: dict(optim.task_batch_sizes).get(name, optim.batch_size) for name in data}
     schedules_per_epoch = len(epoch_schedule(data, batch_sizes, 0, seed))
     total_steps = schedules_per_epoch * optim.epochs
-    optimizers, schedulers = build_optimizer(model, optim, total_steps)
+    optimizers, schedulers = build_optimizer(model, optim, total_steps, param_groups)
     trainable_named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     trainable = [p for _, p in trainable_named]
     rng = random.Random(seed)  # answer sampling for soft-label tasks

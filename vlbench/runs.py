@@ -1,7 +1,7 @@
 """Trained runs that load back: `vlbench evaluate RUN`.
 
     find_run(store, run, sweep) -> RunRecord            a run key, or a label as `vlbench status` prints it
-    load_trainable(model, path)                         trainable.safetensors into a rebuilt model, strictly
+    load_trainable(model, cfg, path)                    trainable.safetensors into a rebuilt model, as its method loads it
     evaluate_run(store, run, ...) -> RunEvaluation      rebuild, load, evaluate (and write prediction files)
     rescore_run(store, record, today, changed)          re-score the test split after a metric change (sweep --rescore)
     write_predictions(folder, cfg, data, split, preds)  each task's predictions in its official format
@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlbench.baselines import is_baseline
 from vlbench.config import RunConfig, UserError
 from vlbench.files import atomic_write
 from vlbench.store import RunRecord, Store
@@ -76,33 +77,19 @@ def find_run(store: Store, run: str, sweep: str | None = None) -> RunRecord:
     raise UserError(f"run {run}: no run{where} has this key or label (`vlbench status` lists them)")
 
 
-def load_trainable(model, path: Path) -> None:
-    """The tensors of a run's trainable.safetensors into `model`: each must be a parameter of the model
-    of the same shape, and every trainable parameter must be there; else a UserError naming the file
-    and the tensor. The model is left untouched when the file does not fit."""
-    import torch
+def load_trainable(model, cfg: RunConfig, path: Path) -> None:
+    """The tensors of a run's trainable.safetensors into `model`, as the run's method loads them
+    (`Method.load`: strictly, a UserError naming the file and the tensor that does not fit)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from vlbench.methods import get_method
 
     try:
         saved = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise UserError(f"{path}: not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-    params = dict(model.named_parameters())
-    for name, tensor in saved.items():
-        if name not in params:
-            raise UserError(f"{path}: tensor {name} is not a parameter of the model this run's config builds")
-        if tuple(tensor.shape) != tuple(params[name].shape):
-            raise UserError(
-                f"{path}: tensor {name} has shape {list(tensor.shape)}, the model's parameter {list(params[name].shape)}"
-            )
-    missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"{path}: no tensor for the trainable parameter {missing[0]}{more}")
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            params[name].copy_(tensor)
+    get_method(cfg.method)(cfg).load(model, saved, str(path))
 
 
 def run_files(record: RunRecord) -> tuple[Path, RunConfig]:
@@ -110,8 +97,8 @@ def run_files(record: RunRecord) -> tuple[Path, RunConfig]:
     label = f"run {record.label} ({record.key})"
     if record.status not in EVALUABLE:
         raise UserError(f"{label} is {record.state}, not done: only a finished run has trained weights to evaluate")
-    if record.method == "text-only":
-        raise UserError(f"{label} is the text-only prior: a baseline with no trained model to evaluate")
+    if is_baseline(record.method):
+        raise UserError(f"{label} is the {record.method} baseline: no trained model to evaluate")
     if not record.run_dir:
         raise UserError(f"{label}: the database holds no run folder for it")
     folder = Path(record.run_dir)
@@ -135,7 +122,7 @@ def load_run(folder: Path, cfg: RunConfig, progress=None):
 
     res = sweeps.build_resources(cfg, sweeps.cache_dir(sweeps.runs_dir_of(folder)), progress)
     model = sweeps.build_model(cfg, res.backbones)
-    load_trainable(model, folder / WEIGHTS_FILE)
+    load_trainable(model, cfg, folder / WEIGHTS_FILE)
     data = sweeps.task_data(cfg, res, model)
     dev = sweeps.device()
     return model.to(dev), data, dev

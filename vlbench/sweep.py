@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vlbench import backbones as backbone_registry
 from vlbench.backbones import Backbones, BackboneSpec, load_backbones
+from vlbench.baselines import BASELINES, is_baseline
 from vlbench.checkpoint import CheckpointPolicy, has_checkpoint, remove_checkpoint
 from vlbench.config import OptimConfig, RunConfig, UserError
 from vlbench.data import RenderedPixels, TaskData
@@ -57,14 +58,13 @@ from vlbench.fingerprint import digest, first_difference, scoring_only
 from vlbench.fingerprint import fingerprints as fingerprints_of
 from vlbench.live import GridView
 from vlbench.memory import PeakMemory
-from vlbench.methods import build_vl_model, trains_vision
+from vlbench.methods import build_vl_model, param_groups, trains_vision
 from vlbench.model import VLModel
 from vlbench.params import count_for_config, count_parameters
 from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
 
-TEXT_ONLY = "text-only"  # the method name under which the text-only prior is stored
 # what stops a run at its next step; USR2 is Slurm's (submitit's) warning before a time limit or preemption
 SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
@@ -152,7 +152,7 @@ def run_sweep(
     started = time.perf_counter()
     summary = SweepSummary()
     sweep_id = store.get_or_create_sweep(sweep_name, configs[0].suite, configs[0].profile, command)
-    baselines = text_only_configs(configs)
+    baselines = baseline_configs(configs)
     fingerprints = fingerprints_of([*baselines, *configs])
     known = {r.key: r for r in store.runs(keys=list(fingerprints))}
     baselines = [c for c in baselines if not reusable(c, known.get(c.key()), fingerprints, store, summary)]
@@ -225,7 +225,7 @@ def reusable(
     if record.fingerprint == today:
         return True
     reason = first_difference(record.fingerprint, today)
-    if rescore and cfg.method != TEXT_ONLY and scoring_only(record.fingerprint, today):
+    if rescore and not is_baseline(cfg.method) and scoring_only(record.fingerprint, today):
         from vlbench.runs import rescore_run
 
         try:
@@ -235,7 +235,7 @@ def reusable(
         except UserError as e:  # no trained weights to re-score: train it again instead
             if console is not None:
                 console.print(f"[yellow]cannot re-score {escape(cfg.label())}[/yellow]: {escape(str(e))}")
-    if store.supersede(cfg.key(), reason) and cfg.method != TEXT_ONLY:
+    if store.supersede(cfg.key(), reason) and not is_baseline(cfg.method):
         summary.superseded.append((cfg.label(), reason))
     return False
 
@@ -313,7 +313,7 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
     Returns (outcome, detail): done | failed | interrupted | skipped (another process has it, or it
     is finished), and the reason where there is one."""
     key = cfg.key()
-    world_size = ctx.execution.nproc_per_run if cfg.method != TEXT_ONLY else 1
+    world_size = ctx.execution.nproc_per_run if not is_baseline(cfg.method) else 1
     today = ctx.fingerprints[key]
     try:
         run_dir = resume_folder(store, key, today) or new_run_folder(Path(ctx.runs_dir) / ctx.sweep_name, key, today)
@@ -325,8 +325,8 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
     except SQLAlchemyError as e:  # the database is unreachable: the run stays as it was, for a later sweep
         return "skipped", f"database error: {one_line(e)}"
     try:
-        if cfg.method == TEXT_ONLY:
-            run_text_only(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir)
+        if is_baseline(cfg.method):
+            run_baseline(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir)
         elif world_size > 1:
             from vlbench.distributed import launch
 
@@ -567,6 +567,7 @@ def train_run(
                 checkpoints=checkpoints,
                 stop_requested=stop,
                 dist=dist,
+                param_groups=param_groups(cfg, model),
             )
         if not main:
             return
@@ -583,6 +584,7 @@ def train_run(
                 "eval_seconds": result.eval_seconds,
                 "samples_per_second": result.samples_per_second,
                 "peak_memory_mb": memory.mb,
+                "peak_reserved_mb": memory.reserved_mb,
                 "checkpoint_bytes": checkpoint.stat().st_size,
             },
         )
@@ -591,26 +593,27 @@ def train_run(
         remove_checkpoint(checkpoints.folder)
 
 
-def text_only_configs(configs: list[RunConfig]) -> list[RunConfig]:
-    """One text-only prior per synthetic data setting: the reference every method must beat."""
+def baseline_configs(configs: list[RunConfig]) -> list[RunConfig]:
+    """One run of each baseline per synthetic data setting: the references every method must beat."""
     out = {}
     for cfg in configs:
         if cfg.data.source != "synthetic":
             continue
-        base = RunConfig(
-            suite=cfg.suite, profile=cfg.profile, backbone=cfg.backbone, tasks=cfg.tasks, method=TEXT_ONLY,
-            data=cfg.data, optim=OptimConfig(epochs=0),
-        )
-        out[base.key()] = base
+        for name in BASELINES:
+            base = RunConfig(
+                suite=cfg.suite, profile=cfg.profile, backbone=cfg.backbone, tasks=cfg.tasks, method=name,
+                data=cfg.data, optim=OptimConfig(epochs=0),
+            )  # fmt: skip
+            out[base.key()] = base
     return list(out.values())
 
 
-def run_text_only(cfg: RunConfig, res: Resources, store: Store, run_id: int, owner: str, run_dir: Path) -> None:
-    """Score the best answer that ignores the image (the most frequent training answer per question)."""
+def run_baseline(cfg: RunConfig, res: Resources, store: Store, run_id: int, owner: str, run_dir: Path) -> None:
+    """Score the baseline's predictions of every task's test split."""
     scores = {}
     for t in cfg.tasks:
         task, examples = ALL_TASKS[t], res.suite.examples[t]
-        predictions = task.text_only_predictions(examples["train"], examples["test"])
+        predictions = BASELINES[cfg.method].predict(task, examples["train"], examples["test"])
         scores[t] = task.score(examples["test"], predictions)
     store.record_metrics(run_id, owner, "test", 0, scores)
     store.finish_run(run_id, owner, {})

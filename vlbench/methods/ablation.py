@@ -8,7 +8,6 @@ from vlbench.methods.base import (
     Method,
     VisionOptions,
     freeze_all_but_visual_embedding,
-    train_vision_encoder,
     unfreeze_layer_norms,
 )
 from vlbench.model import VLModel
@@ -20,8 +19,8 @@ class ProjectionOnly(Method):
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
-        if self.trains_vision:
-            train_vision_encoder(model, self.options.vision_lr)
+        if self.trains_vision:  # Table 3: CLIP trains too, with its own optimiser (param_groups)
+            model.vision.requires_grad_(True)
 
 
 class ProjectionAndLayerNorm(Method):

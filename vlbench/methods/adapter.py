@@ -70,7 +70,9 @@ class AdapterFamily(Method):
                 lambda: self.projection(site.dim, hidden), lambda: self.projection(hidden, site.dim), down_keys, up_keys
             )
             adapters[site.name.replace(".", "_")] = adapter
-            transform_output(site.module, lambda y, a=adapter: a(y, model.router.require()))
+            self.hook_handles.append(
+                transform_output(site.module, lambda y, a=adapter: a(y, model.router.require()))
+            )
         model.method_modules["adapters"] = adapters
 
 

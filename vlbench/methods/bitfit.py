@@ -75,7 +75,6 @@ class BitFit(Method):
         for _, p in lm_bias_parameters(model.lm):
             p.requires_grad_(True)
         added = nn.ModuleDict()
-        self.hook_handles = []
         for name, module, size in biasless_sites(model):
             bias = AddedBias(size)
             added[name.replace(".", "_")] = bias

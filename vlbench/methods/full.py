@@ -1,7 +1,7 @@
 """Full fine-tuning: the whole LM (embeddings and tied lm_head included) and theta V->L train;
 with `train_vision`, the CLIP encoder too (Table 3)."""
 
-from vlbench.methods.base import Method, VisionOptions, train_vision_encoder
+from vlbench.methods.base import Method, VisionOptions
 from vlbench.model import VLModel
 
 
@@ -12,5 +12,5 @@ class FullFineTuning(Method):
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
-        if self.trains_vision:
-            train_vision_encoder(model, self.options.vision_lr)
+        if self.trains_vision:  # Table 3: CLIP trains too, with its own optimiser (param_groups)
+            model.vision.requires_grad_(True)

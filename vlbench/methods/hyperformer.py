@@ -120,8 +120,10 @@ class Hyperformer(Method):
         hypernet = HyperNetwork(tasks, stacks, emb_dim)
         for site in sites:
             # generated afresh on every call, so gradients flow to the hypernetwork each step
-            transform_output(
-                site.module,
-                lambda y, s=site: generated_adapter(y, hypernet(model.router.require(), s.stack, s.layer, s.kind)),
+            self.hook_handles.append(
+                transform_output(
+                    site.module,
+                    lambda y, s=site: generated_adapter(y, hypernet(model.router.require(), s.stack, s.layer, s.kind)),
+                )
             )
         model.method_modules["hyperformer"] = hypernet

@@ -83,7 +83,9 @@ class LoRA(Method):
             for proj, linear in zip(PROJECTIONS, (query, value)):
                 site = LoRASite(linear, self.config.hidden_dim, alpha, dropout, keys)
                 sites[f"{attn_name}.{proj}".replace(".", "_")] = site
-                linear.register_forward_hook(
-                    lambda _m, inputs, output, s=site: s(output, inputs[0], model.router.require())
+                self.hook_handles.append(
+                    linear.register_forward_hook(
+                        lambda _m, inputs, output, s=site: s(output, inputs[0], model.router.require())
+                    )
                 )
         model.method_modules["lora"] = sites
