@@ -129,6 +129,18 @@ def test_cost_columns(store):
     assert full["train_seconds"] == pytest.approx(11.0) and full["samples_per_second"] == pytest.approx(90.0)
     assert full["checkpoint_mb"] == pytest.approx(1.0) and full["peak_memory_mb"] == pytest.approx(50.0)
     assert ("train_seconds", "train s") in table.columns
+    assert "peak_reserved_mb" not in dict(table.columns)  # CPU runs: CUDA's reserved memory has no column
+
+
+def test_cost_shows_cuda_reserved_memory_where_runs_have_it(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    sweep = store.get_or_create_sweep("s", "image-text", "tiny", "test")
+    cost = {"peak_memory_mb": 900.0, "peak_reserved_mb": 1024.0}
+    add_run(store, sweep, dict(vqa=0.6, gqa=0.5, nlvr=0.7, caption=1.0), 100.0, method="full", cost=cost)
+    (run,) = store.runs()
+    assert run.peak_reserved_mb == 1024.0  # revision 0005
+    table = build_table(store, 1, cost=True)
+    assert ("peak_reserved_mb", "reserved MB") in table.columns and table.rows[0]["peak_reserved_mb"] == 1024.0
 
 
 def test_machine_and_html_formats(store):

@@ -2,8 +2,10 @@
 
     with PeakMemory(device) as memory: ...     memory.mb after the block
 
-CUDA: the max allocated inside the block (weights included). CPU: the peak RSS growth over the RSS
-at entry (gradients, optimizer state, activations; not the weights already resident).
+CUDA: the max allocated inside the block (weights included), and `memory.reserved_mb` the max the
+caching allocator reserved (what the GPU holds for the process, fragmentation included). CPU: the
+peak RSS growth over the RSS at entry (gradients, optimizer state, activations; not the weights
+already resident); no reserved figure.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self.mb = 0.0
+        self.reserved_mb: float | None = None
         self.thread = None
 
     def __enter__(self):
@@ -70,6 +73,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.reserved_mb = torch.cuda.max_memory_reserved(self.device) / 2**20
             return
         if self.thread is not None:
             self.done.set()

@@ -58,7 +58,9 @@ from vlbench.fingerprint import digest
 
 STATUSES = ("pending", "running", "done", "failed", "interrupted", "superseded")
 PROVENANCE_KEYS = ("host", "device", "git_commit", "versions", "world_size", "slurm_job_id")
-COST_KEYS = ("train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb", "checkpoint_bytes")
+COST_KEYS = (
+    "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb", "checkpoint_bytes", "peak_reserved_mb",
+)  # fmt: skip
 TEST_SCORE_COLUMNS = [
     "run_id", "key", "sweep", "method", "sharing", "hidden_dim", "seed", "label",
     "task", "name", "value", "trainable", "total", "percent",
@@ -160,6 +162,8 @@ class Run(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     superseded_reason: Mapped[str | None] = mapped_column(Text)  # the first part that differed
     rescored_json: Mapped[str | None] = mapped_column(Text)  # [{"at", "changed"}] of each re-scoring
+    # revision 0005: CUDA's peak reserved memory (the allocator's pool) beside the peak allocated
+    peak_reserved_mb: Mapped[float | None]
 
 
 class Metric(Base):
@@ -227,6 +231,7 @@ class RunRecord:
     samples_per_second: float | None
     peak_memory_mb: float | None
     checkpoint_bytes: int | None
+    peak_reserved_mb: float | None
     heartbeat_at: datetime | None
     progress: dict[str, Any] | None
     run_dir: str | None
