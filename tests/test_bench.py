@@ -103,6 +103,19 @@ def test_default_methods_are_table1_and_the_floor():
     assert all(c.optim.batch_size == bench.DEFAULT_BATCH_SIZE for c in configs)
 
 
+def test_parts_measure_only_what_is_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--methods", "full,lst", "--steps", "1", "--warmup", "0", "--parts", "training", "--format", "json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["parts"] == ["training"] and doc["decode"] is None and doc["data"] is None and doc["extract"] is None
+    full, lst = doc["methods"]
+    assert full["mem_vs_full"] == 1.0 and lst["method"] == "Ladder Side-Tuning" and lst["mem_vs_full"] > 0
+    markdown = (tmp_path / "reports" / "bench" / "cpu-tiny-fp32.md").read_text()
+    assert "Ladder Side-Tuning" in markdown and "decoding" not in markdown
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -116,6 +129,7 @@ def test_default_methods_are_table1_and_the_floor():
         (["--backbone", "huge"], "--backbone: unknown backbone 'huge' (choose from tiny, paper)"),
         (["--lm", "gpt"], "--lm: unknown language model 'gpt'"),
         (["--device", "tpu"], "--device: unknown device 'tpu' (choose from cpu, cuda)"),
+        (["--parts", "training,speed"], "--parts: unknown part 'speed' (choose from training, decode, data, extract)"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args, message, tmp_path, monkeypatch):

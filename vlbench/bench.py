@@ -78,6 +78,9 @@ STORE_IMAGES = 256  # random grids written to each temporary feature store
 EXTRACT_BATCH = 32  # `vlbench features extract`'s default batch
 
 
+PARTS = ("training", "decode", "data", "extract")  # the bench's measurements, in the order they run
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     backbone: str = "tiny"  # profile size: tiny | paper
@@ -88,6 +91,7 @@ class BenchOptions:
     precision: str = "fp32"
     steps: int = 5  # timed training steps per method
     warmup: int = 2  # untimed steps before them (the first allocates AdamW's state)
+    parts: tuple[str, ...] = PARTS  # which measurements to make (the others are null in the JSON)
 
 
 def check_options(opts: BenchOptions) -> None:
@@ -110,6 +114,9 @@ def check_options(opts: BenchOptions) -> None:
             raise UserError(f"{flag}: must be {'positive' if low else 'non-negative'}, got {value}")
     if opts.methods is not None and not opts.methods:
         raise UserError("--methods: give at least one method")
+    unknown = [p for p in opts.parts if p not in PARTS]
+    if unknown or not opts.parts:
+        raise UserError(f"--parts: unknown part '{unknown[0] if unknown else ''}' (choose from {', '.join(PARTS)})")
 
 
 def method_configs(opts: BenchOptions) -> list[RunConfig]:
@@ -463,8 +470,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
             def build(cfg: RunConfig):
                 return build_vl_model(cfg, copy.deepcopy(base_lm), feat_dim, spec.n_vis_tokens)
 
-            rows = []
-            for k, cfg in enumerate(configs):
+            rows, decode, data, extract = [], None, None, None
+            for k, cfg in enumerate(configs if "training" in opts.parts else ()):
                 label = row_label(cfg.method, cfg.sharing)
                 progress(f"training steps {k + 1}/{len(configs)}: {label}")
                 model = build(cfg)
@@ -478,22 +485,25 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
                 rows.append(row)
             add_ratios(rows, opts.precision, peak)
 
-            progress("decoding")
-            decode_cfg = next((c for c in configs if c.method == "full"), configs[0])
-            model = build(decode_cfg)
-            decode = {"method": row_label(decode_cfg.method, decode_cfg.sharing), **time_decoding(model, env, opts)}
-            del model
-            release_memory()
+            if "decode" in opts.parts:
+                progress("decoding")
+                decode_cfg = next((c for c in configs if c.method == "full"), configs[0])
+                model = build(decode_cfg)
+                decode = {"method": row_label(decode_cfg.method, decode_cfg.sharing), **time_decoding(model, env, opts)}
+                del model
+                release_memory()
 
-            progress("data pipeline")
-            data = time_data(env, opts.batch_size)
-            for name, key in (("full", "full"), ("floor", FLOOR)):
-                row = next((r for r in rows if r["key"] == key), None)
-                share = data["collate_s"] / (data["collate_s"] + row["step_s"]) if row else None
-                data[f"wait_share_{name}"] = share
+            if "data" in opts.parts:
+                progress("data pipeline")
+                data = time_data(env, opts.batch_size)
+                for name, key in (("full", "full"), ("floor", FLOOR)):
+                    row = next((r for r in rows if r["key"] == key), None)
+                    share = data["collate_s"] / (data["collate_s"] + row["step_s"]) if row else None
+                    data[f"wait_share_{name}"] = share
 
-            progress("CLIP extraction")
-            extract = time_extraction(env, opts)
+            if "extract" in opts.parts:
+                progress("CLIP extraction")
+                extract = time_extraction(env, opts)
     finally:
         torch.set_num_threads(previous_threads)
     return {
@@ -514,26 +524,29 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
         "decode": decode,
         "data": data,
         "extract": extract,
+        "parts": list(opts.parts),
         "seconds": time.perf_counter() - started,
     }
 
 
 def add_ratios(rows: list[dict], precision: str, peak: dict) -> None:
-    """samples/s, MFU against the measured peak of `precision`, and the step-time ratios to full
-    fine-tuning and to the frozen floor (None where that method was not measured)."""
-    full = next((r["step_s"] for r in rows if r["key"] == "full"), None)
+    """samples/s, MFU against the measured peak of `precision`, the step-time ratios to full
+    fine-tuning and to the frozen floor, and the peak memory's to full fine-tuning's (None where
+    that method was not measured)."""
+    full = next((r for r in rows if r["key"] == "full"), None)
     floor = next((r["step_s"] for r in rows if r["key"] == FLOOR), None)
     for r in rows:
         r["samples_per_s"] = r["batch_size"] / r["step_s"]
         r["mfu"] = r["flops_per_step"] / r["step_s"] / (peak[precision] * 1e9)
-        r["vs_full"] = r["step_s"] / full if full else None
+        r["vs_full"] = r["step_s"] / full["step_s"] if full else None
         r["vs_floor"] = r["step_s"] / floor if floor else None
+        r["mem_vs_full"] = r["peak_mem_mb"] / full["peak_mem_mb"] if full and full["peak_mem_mb"] > 0 else None
 
 
 # ----------------------------------------------------------------------------- output
 
 
-COLUMNS = ("Method", "d", "B", "step s", "samples/s", "peak MB", "GFLOP/step", "MFU", "vs full", "vs floor")
+COLUMNS = ("Method", "d", "B", "step s", "samples/s", "peak MB", "mem vs full", "GFLOP/step", "MFU", "vs full", "vs floor")
 
 
 def table_rows(result: dict) -> list[list[str]]:
@@ -542,7 +555,7 @@ def table_rows(result: dict) -> list[list[str]]:
 
     return [
         [r["method"], "" if r["hidden_dim"] is None else str(r["hidden_dim"]), str(r["batch_size"]), f"{r['step_s']:.3f}",
-         f"{r['samples_per_s']:.1f}", f"{r['peak_mem_mb']:.0f}", f"{r['flops_per_step'] / 1e9:.1f}",
+         f"{r['samples_per_s']:.1f}", f"{r['peak_mem_mb']:.0f}", ratio(r["mem_vs_full"]), f"{r['flops_per_step'] / 1e9:.1f}",
          f"{100 * r['mfu']:.1f}%", ratio(r["vs_full"]), ratio(r["vs_floor"])]
         for r in result["methods"]
     ]  # fmt: skip
@@ -558,23 +571,31 @@ def summary_lines(result: dict) -> list[str]:
     def same(identical):
         return "identical tokens" if identical else "TOKENS DIFFER"
 
-    return [
+    lines = [
         f"{result['device']}; torch {result['torch']}; {result['backbone']} ({result['lm']}, random weights), "
         f"{result['precision']}; {result['date']}",
         f"batch: {shapes['text_tokens']} text + {shapes['visual_tokens_per_image']} visual tokens "
         f"(max-pooled from a {'x'.join(map(str, shapes['grid']))} grid), {shapes['target_tokens']} target tokens; "
         f"median of {result['steps']} steps after {result['warmup']} warm-up",
         f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s",
-        f"decoding ({d['method']}, eval batch {d['eval_batch_size']}, encoder included): greedy "
-        f"({d['greedy_max_new_tokens']} new tokens) {d['greedy_seq_per_s']:.1f} seq/s ({d['greedy_vs_transformers']:.2f}x "
-        f"transformers' generate, {same(d['greedy_identical'])}), beam-{d['beams']} ({d['beam_max_new_tokens']} new "
-        f"tokens) {d['beam_seq_per_s']:.1f} seq/s ({d['beam_vs_transformers']:.2f}x, {same(d['beam_identical'])}), "
-        f"NLVR2 choice {d['choice_seq_per_s']:.1f} seq/s",
-        f"data: {'x'.join(map(str, data['feature_shape']))} fp16 grids, safetensors store {data['shard_reads_per_s']:.0f} "
-        f"images/s, h5 {data['h5_reads_per_s']:.0f} images/s; collating a batch {1000 * data['collate_s']:.1f} ms = "
-        f"{pct(data['wait_share_full'])} of a full fine-tuning step, {pct(data['wait_share_floor'])} of a floor step",
-        f"CLIP extraction ({x['model']}, {x['image_size']} px, batch {x['batch_size']}): {x['images_per_s']:.1f} images/s",
     ]
+    if d is not None:
+        lines.append(
+            f"decoding ({d['method']}, eval batch {d['eval_batch_size']}, encoder included): greedy "
+            f"({d['greedy_max_new_tokens']} new tokens) {d['greedy_seq_per_s']:.1f} seq/s ({d['greedy_vs_transformers']:.2f}x "
+            f"transformers' generate, {same(d['greedy_identical'])}), beam-{d['beams']} ({d['beam_max_new_tokens']} new "
+            f"tokens) {d['beam_seq_per_s']:.1f} seq/s ({d['beam_vs_transformers']:.2f}x, {same(d['beam_identical'])}), "
+            f"NLVR2 choice {d['choice_seq_per_s']:.1f} seq/s"
+        )
+    if data is not None:
+        lines.append(
+            f"data: {'x'.join(map(str, data['feature_shape']))} fp16 grids, safetensors store {data['shard_reads_per_s']:.0f} "
+            f"images/s, h5 {data['h5_reads_per_s']:.0f} images/s; collating a batch {1000 * data['collate_s']:.1f} ms = "
+            f"{pct(data['wait_share_full'])} of a full fine-tuning step, {pct(data['wait_share_floor'])} of a floor step"
+        )
+    if x is not None:
+        lines.append(f"CLIP extraction ({x['model']}, {x['image_size']} px, batch {x['batch_size']}): {x['images_per_s']:.1f} images/s")
+    return lines
 
 
 def render_markdown(result: dict) -> str:

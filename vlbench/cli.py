@@ -577,6 +577,9 @@ def bench(
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast around the forward passes)"),
     steps: int = typer.Option(5, help="timed training steps per method"),
     warmup: int = typer.Option(2, help="untimed training steps before them"),
+    parts: str = typer.Option(
+        "training,decode,data,extract", help="comma-separated measurements to make (the others are null in the JSON)"
+    ),
     fmt: str = typer.Option("markdown", "--format", help="what to print: markdown (a table in the terminal) or json"),
 ):
     """Measure training steps per method (time, memory, FLOPs, MFU), decoding, data reads and CLIP
@@ -591,7 +594,7 @@ def bench(
         folder = project_folder(REPORTS_DIR, "reports") / "bench"
         options = BenchOptions(
             backbone=backbone, lm=lm, methods=csv_list(methods, "--methods"), batch_size=batch_size,
-            device=device, precision=precision, steps=steps, warmup=warmup,
+            device=device, precision=precision, steps=steps, warmup=warmup, parts=csv_list(parts, "--parts"),
         )  # fmt: skip
         result = run_bench(options, progress=lambda message: err_console.print(f"[dim]{escape(message)}[/dim]"))
         paths = write_bench(result, folder)
