@@ -103,7 +103,7 @@ def test_the_lm_keeps_no_activation_for_the_backward_pass(family):
     get_method("full")(RunConfig(method="full")).apply(full, TASKS)
     outputs = []
     for stack in ("encoder", "decoder"):
-        for layer in lst.layout.layers(stack):
+        for layer in lst.family.layers(stack):
             layer.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
     sizes = {name: saved_bytes(m) for name, m in (("lst", lst), ("adapter", adapter), ("full", full))}
     assert outputs and not any(o.requires_grad for o in outputs)

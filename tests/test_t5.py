@@ -93,7 +93,7 @@ def test_text_encoder_pass_matches_the_lm(make):
     ids = random_batch(batch_size=2, text_len=6)["input_ids"]
     mask = torch.ones_like(ids)
     mask[1, -2:] = 0
-    ours = model.layout.encoder_stack(model.layout.embed_text(ids), mask)
+    ours = model.family.encoder_stack(model.family.embed_text(ids), mask)
     theirs = model.lm.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(ours, theirs, atol=1e-6)
 

@@ -6,9 +6,10 @@ Two profiles, each with a BART and a T5 spec:
   from a local folder the user names (`lm_weights`, else $VLBENCH_BART_WEIGHTS / $VLBENCH_T5_WEIGHTS);
   CLIP is not loaded, its features are precomputed (`vlbench features extract`). Parameter
   accounting needs neither: it builds the architectures from their configs.
-- `tiny`, `tiny-t5`: a tiny CLIP ModifiedResNet and a tiny BART / T5, pretrained here on the
-  synthetic scene suite (CLIP contrastively on image-caption pairs, the LM by denoising) once, then
-  cached on disk. Both use the same word-level tokenizer, so T5 targets also read `<s> ... </s>`.
+- `tiny`, `tiny-t5`, `tiny-causal`: a tiny CLIP ModifiedResNet and a tiny BART / T5 / LLaMA-style
+  decoder-only LM, pretrained here on the synthetic scene suite (CLIP contrastively on image-caption
+  pairs, the LM by its family's objective: denoising, or next-token prediction) once, then cached on
+  disk. All use the same word-level tokenizer, so T5 and causal targets also read `<s> ... </s>`.
 
 The vision tower returns the ResNet grid before attention pooling (paper: 7x7x2048), which the
 VL model projects into the language model as visual tokens.
@@ -42,9 +43,13 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers.utils import logging as hf_logging
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     T5Config,
@@ -52,6 +57,7 @@ from transformers import (
 )
 
 from vlbench.config import UserError
+from vlbench.lms import family_of
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +94,18 @@ T5_BASE = dict(
     decoder_start_token_id=0,
 )
 # the config and model class of each language model family
-LM_CLASSES = {"bart": (BartConfig, BartForConditionalGeneration), "t5": (T5Config, T5ForConditionalGeneration)}
+LM_CLASSES = {
+    "bart": (BartConfig, BartForConditionalGeneration),
+    "t5": (T5Config, T5ForConditionalGeneration),
+    "causal": (LlamaConfig, LlamaForCausalLM),  # the tiny decoder-only LM: LLaMA-style
+}
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str  # a key of BACKBONES
     clip: dict  # open_clip model config (tiny, text vocab/pad/eos filled from the tokenizer) or {"name": ...}
-    lm_type: str  # "bart" | "t5" (LM_CLASSES)
+    lm_type: str  # "bart" | "t5" | "causal" (LM_CLASSES)
     lm: dict  # config kwargs of lm_type; "hub" names the pretrained weights the architecture stands for
     n_vis_tokens: int  # <vis_extra_id_k> tokens added to the vocab
     pretrain: dict = field(default_factory=dict)  # tiny only: corpus sizes, steps, batch sizes, lr, seed
@@ -168,6 +178,29 @@ BACKBONES: dict[str, BackboneSpec] = {
         n_vis_tokens=16,
         pretrain=TINY_PRETRAIN,
     ),
+    # a LLaMA-style decoder-only LM as wide and deep as the tiny BART (4 layers of 64, a SwiGLU MLP
+    # with about the parameters of BART's 256-wide FFN), pretrained by next-token prediction
+    "tiny-causal": BackboneSpec(
+        name="tiny-causal",
+        clip=TINY_CLIP,
+        lm_type="causal",
+        lm=dict(
+            hidden_size=64,
+            intermediate_size=172,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            attention_dropout=0.1,
+            # the shared tokenizer's ids (SPECIAL_TOKENS)
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+        ),
+        n_vis_tokens=16,
+        pretrain=TINY_PRETRAIN,
+    ),
     "paper": BackboneSpec(
         name="paper",
         clip={"name": "RN101"},
@@ -180,6 +213,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         clip={"name": "ViT-B-32", "features": "image_embedding"},  # one 512-d embedding per frame
         lm_type="bart",
         lm={"hub": "facebook/bart-base", **BART_BASE},
+        n_vis_tokens=200,
+    ),
+    # any decoder-only LM of the LLaMA lineage the user saved with save_pretrained: its architecture
+    # is the folder's config.json ($VLBENCH_CAUSAL_WEIGHTS, or --lm-weights), not fixed here
+    "paper-causal": BackboneSpec(
+        name="paper-causal",
+        clip={"name": "RN101"},
+        lm_type="causal",
+        lm={"hub": "a LLaMA-lineage LM (--lm-weights)"},
         n_vis_tokens=200,
     ),
     "paper-t5": BackboneSpec(
@@ -338,11 +380,36 @@ def vision_shape(spec: BackboneSpec) -> tuple[int, int, int]:
 
 
 def _lm(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:
+    if spec.lm_type == "causal" and not spec.pretrain:  # the user's model: its folder's config.json
+        return AutoModelForCausalLM.from_config(causal_config(spec))
     kwargs = {k: v for k, v in spec.lm.items() if k != "hub"}
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
     config_class, model_class = LM_CLASSES[spec.lm_type]
     return model_class(config_class(**kwargs))
+
+
+def causal_config(spec: BackboneSpec):
+    """The config of the paper profile's decoder-only LM, from the folder $VLBENCH_CAUSAL_WEIGHTS names."""
+    from vlbench.lms import FAMILIES
+    from vlbench.lms.causal import CausalFamily
+
+    env = LM_WEIGHTS_ENV[spec.lm_type]
+    source = os.environ.get(env)
+    if not source:
+        raise UserError(
+            "--lm causal on the paper profile needs the LM's save_pretrained folder: --lm-weights DIR "
+            f"(or {env}); its config.json is enough for `vlbench params` and --dry-run"
+        )
+    path = Path(source) / "config.json"
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable transformers config ({str(e).strip().splitlines()[0]})") from None
+    known = sorted(t for t, family in FAMILIES.items() if family is CausalFamily)
+    if config.model_type not in known:
+        raise UserError(f"{path}: a {config.model_type} model; the causal family takes {', '.join(known)}")
+    return config
 
 
 def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
@@ -407,7 +474,7 @@ def _load_cached(spec: BackboneSpec, folder: Path) -> Backbones:
 
 # where the paper profiles' language model is, per LM family: a save_pretrained folder of the model
 # and its tokenizer (or a hub name, which from_pretrained reads through the Hugging Face cache)
-LM_WEIGHTS_ENV = {"bart": "VLBENCH_BART_WEIGHTS", "t5": "VLBENCH_T5_WEIGHTS"}
+LM_WEIGHTS_ENV = {"bart": "VLBENCH_BART_WEIGHTS", "t5": "VLBENCH_T5_WEIGHTS", "causal": "VLBENCH_CAUSAL_WEIGHTS"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "facebook/bart-base", "t5-base"
@@ -431,7 +498,8 @@ def _load_pretrained_lm(spec: BackboneSpec, source: str | Path | None) -> Backbo
         raise UserError(f"{source}: no such folder (from {env} or the lm_weights argument)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        lm, info = LM_CLASSES[spec.lm_type][1].from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        model_class = AutoModelForCausalLM if spec.lm_type == "causal" else LM_CLASSES[spec.lm_type][1]
+        lm, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
     except Exception as e:  # anything a broken folder or an uncached hub name raises, as one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"{source}: {problem} ({type(e).__name__}: {reason})") from e
@@ -479,7 +547,9 @@ def _check_lm_folder(folder: Path, spec: BackboneSpec) -> None:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (ValueError, AttributeError):
         raise UserError(f"{folder / 'config.json'}: not a JSON object (a transformers model config)") from None
-    if model_type != spec.lm_type:
+    if spec.lm_type == "causal":
+        causal_config(spec)  # a model type of the causal family
+    elif model_type != spec.lm_type:
         raise UserError(f"{folder}: holds a {model_type} model; backbone {spec.name!r} needs {spec.lm_type} ({hub})")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"{folder}: no model weights (model.safetensors or pytorch_model.bin)")
@@ -634,35 +704,11 @@ def _pretrain_clip(clip, tokenizer, images, captions, p: dict, progress) -> dict
     return stats
 
 
-def _infill(ids: list[int], mask_id: int, ratio: float, rng: np.random.Generator) -> list[int]:
-    """BART text infilling: spans (Poisson(3) lengths) covering ~ratio of the words become one <mask> each."""
-    body = ids[1:-1]  # keep <s> and </s>
-    budget = round(ratio * len(body))
-    hidden = np.zeros(len(body), dtype=bool)
-    while hidden.sum() < budget:
-        length = min(max(1, rng.poisson(3)), budget - int(hidden.sum()))
-        start = rng.integers(0, len(body) - length + 1)
-        hidden[start : start + length] = True
-    out = [ids[0]]
-    for tok, h in zip(body, hidden):
-        if not h:
-            out.append(tok)
-        elif out[-1] != mask_id:  # a run of hidden tokens collapses into a single <mask>
-            out.append(mask_id)
-    out.append(ids[-1])
-    return out
-
-
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
-
-
 def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
     # BART has learned positions up to a maximum length; T5's relative positions have none
     max_len = getattr(lm.config, "max_position_embeddings", None)
     ids = tokenizer(sentences, truncation=max_len is not None, max_length=max_len).input_ids
-    pad, mask = tokenizer.pad_token_id, tokenizer.mask_token_id
+    family = family_of(lm)  # its objective: BART-style infilling, or next-token prediction
     rng = np.random.default_rng(p["seed"])
     gen = torch.Generator().manual_seed(p["seed"])
 
@@ -674,10 +720,8 @@ def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
     losses = []
     lm.train()
     for idx in _batches(len(ids), p["lm_batch"], steps, gen):
-        targets = [ids[i] for i in idx.tolist()]
-        inputs = _pad([_infill(t, mask, p["mask_ratio"], rng) for t in targets], pad)
-        labels = _pad(targets, -100)  # the model shifts labels right into decoder inputs
-        loss = lm(input_ids=inputs, attention_mask=inputs.ne(pad), labels=labels).loss
+        batch = family.pretraining_batch([ids[i] for i in idx.tolist()], tokenizer, p["mask_ratio"], rng)
+        loss = lm(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -687,5 +731,5 @@ def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
         progress.update(task, advance=1, description=f"pretrain {name}  loss {loss.item():.3f}")
     lm.eval()
     stats = {"final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0]}
-    log.info("%s denoising: loss %.3f -> %.3f", name, stats["first_loss"], stats["final_loss"])
+    log.info("%s pretraining: loss %.3f -> %.3f", name, stats["first_loss"], stats["final_loss"])
     return stats

@@ -117,6 +117,8 @@ def check_options(opts: BenchOptions) -> None:
     unknown = [p for p in opts.parts if p not in PARTS]
     if unknown or not opts.parts:
         raise UserError(f"--parts: unknown part '{unknown[0] if unknown else ''}' (choose from {', '.join(PARTS)})")
+    if opts.lm == "causal" and "decode" in opts.parts:  # it times vlbench.decoding, the seq2seq decoder
+        raise UserError("--parts: decode is measured for the encoder-decoder LMs; with --lm causal give --parts training,data,extract")
 
 
 def method_configs(opts: BenchOptions) -> list[RunConfig]:

@@ -1,32 +1,29 @@
-"""The VL model: precomputed CLIP grid features -> visual embedding -> appended to the text -> seq2seq LM.
+"""The VL model: CLIP grid features -> visual embedding (theta V->L) -> visual tokens in the LM's input.
 
-Structure follows VL-T5/VL-Adapter (docs/paper-facts.md §1). The LM is BART or T5; what differs
-between them (text embedding, encoder stack, sublayers, LayerNorm type) lives in a small layout
-class, `BartLayout` or `T5Layout`, chosen by `lm.config.model_type`.
+Structure follows VL-T5/VL-Adapter (docs/paper-facts.md §1). The VL model makes the visual tokens
+and holds a method's modules; everything that depends on the LM (how text is embedded, where the
+visual tokens go, the loss, generation, the sublayers methods attach to) is its family's
+(vlbench/lms: BART, T5, decoder-only), chosen by `lm.config.model_type`.
 
 The model knows nothing about which parameter-efficient method is inside it; methods attach
 through three seams:
   * `method_modules`: where a method registers every module it adds (so accounting can find them),
   * forward hooks on the sublayers listed by `sublayer_sites()` / `query_value_projections()`,
-  * `encoder_prefix`: an optional callable returning embeddings prepended to the encoder input.
+  * `encoder_prefix`: an optional callable returning embeddings prepended to the LM's input
+    (the encoder's, or a decoder-only LM's whole sequence).
 Per-task modules read `router.task`, which the engine sets before each task-homogeneous batch.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoderLayer
-from transformers.models.t5.modeling_t5 import T5Block, T5LayerNorm
 
-from vlbench import decoding
+from vlbench.lms import family_of
 
 
 class TaskRouter:
@@ -78,157 +75,17 @@ class Site:
     dim: int
 
 
-@dataclass
-class BartLayout:
-    """BART (post-LN): text = LN_emb(tokens + learned positions); adapters wrap attention and fc2."""
-
-    lm: nn.Module
-    norm = nn.LayerNorm
-    query_value = ("q_proj", "v_proj")
-    # each projection's (output axis, input axis): "model" the residual width, "head" the attention
-    # heads' concatenated dims, "ffn" the feed-forward inner units (structural pruning reads these)
-    projection_axes = {
-        "q_proj": ("head", "model"), "k_proj": ("head", "model"), "v_proj": ("head", "model"),
-        "out_proj": ("model", "head"), "fc1": ("ffn", "model"), "fc2": ("model", "ffn"),
-    }  # fmt: skip
-
-    def layers(self, stack: str) -> nn.ModuleList:
-        return self.lm.model.encoder.layers if stack == "encoder" else self.lm.model.decoder.layers
-
-    def scaled_config(self, width: int):
-        """The LM's config at another residual width, heads kept (each narrower), FFN scaled alike."""
-        config = copy.deepcopy(self.lm.config)
-        factor = check_reduction(config.d_model, width, config.encoder_attention_heads)
-        config.d_model = width
-        config.encoder_ffn_dim //= factor
-        config.decoder_ffn_dim //= factor
-        return config
-
-    def new_layers(self, config, stack: str, first_index: int) -> nn.ModuleList:
-        """Fresh layers of this family for `config`, numbered from `first_index` in a shared KV cache."""
-        layer = BartEncoderLayer if stack == "encoder" else BartDecoderLayer
-        count = config.encoder_layers if stack == "encoder" else config.decoder_layers
-        return nn.ModuleList(layer(config, layer_idx=first_index + i) for i in range(count))
-
-    def final_norm(self, width: int) -> nn.Module:
-        return nn.Identity()  # post-LN: a layer's output is already normalised
-
-    @staticmethod
-    def call_like(layer, hidden, args, kwargs, memory, carry):
-        """Call `layer` as its backbone twin was called (`args`, `kwargs`), on `hidden` and, in the
-        decoder, cross-attending to `memory`; returns its output and what the next layer of the side
-        stack needs from it (`carry`, here nothing: BART layers take only masks)."""
-        args = (hidden, *args[1:2], *((memory,) if len(args) > 2 else ()), *args[3:])
-        return layer(*args, **kwargs), carry
-
-    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        encoder = self.lm.model.encoder
-        return encoder.layernorm_embedding(encoder.embed_tokens(input_ids) + encoder.embed_positions(input_ids))
-
-    def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        encoder = self.lm.model.encoder
-        hidden = F.dropout(hidden, p=encoder.dropout, training=self.lm.training)
-        mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
-        for layer in encoder.layers:
-            hidden = layer(hidden, mask4d)
-        return hidden
-
-    def sublayers(self):
-        """(stack, layer, kind, module) in the order encoder then decoder, as `Site` lists them."""
-        for i, layer in enumerate(self.lm.model.encoder.layers):
-            yield "encoder", i, "self_attn", layer.self_attn
-            yield "encoder", i, "ffn", layer.fc2
-        for i, layer in enumerate(self.lm.model.decoder.layers):
-            yield "decoder", i, "self_attn", layer.self_attn
-            yield "decoder", i, "cross_attn", layer.encoder_attn
-            yield "decoder", i, "ffn", layer.fc2
-
-
-@dataclass
-class T5Layout:
-    """T5 (pre-LN, relative position bias, no biases): text = shared(tokens); the encoder stack applies
-    dropout, the blocks (the first computes the position bias), final_layer_norm and dropout.
-    Adapters wrap the attention modules and DenseReluDense, before dropout and residual."""
-
-    lm: nn.Module
-    norm = T5LayerNorm
-    query_value = ("q", "v")
-    projection_axes = {
-        "q": ("head", "model"), "k": ("head", "model"), "v": ("head", "model"), "o": ("model", "head"),
-        "wi": ("ffn", "model"), "wi_0": ("ffn", "model"), "wi_1": ("ffn", "model"), "wo": ("model", "ffn"),
-    }  # fmt: skip
-
-    def layers(self, stack: str) -> nn.ModuleList:
-        return self.lm.encoder.block if stack == "encoder" else self.lm.decoder.block
-
-    def scaled_config(self, width: int):
-        config = copy.deepcopy(self.lm.config)
-        factor = check_reduction(config.d_model, width, config.num_heads)
-        if config.d_kv % factor or config.d_ff % factor:
-            raise ValueError(f"d_kv {config.d_kv} and d_ff {config.d_ff} must be multiples of {factor}")
-        config.d_model = width
-        config.d_kv //= factor
-        config.d_ff //= factor
-        return config
-
-    def new_layers(self, config, stack: str, first_index: int) -> nn.ModuleList:
-        config = copy.deepcopy(config)
-        config.is_decoder = stack == "decoder"
-        count = config.num_layers if stack == "encoder" else config.num_decoder_layers
-        return nn.ModuleList(
-            T5Block(config, has_relative_attention_bias=i == 0, layer_idx=first_index + i) for i in range(count)
-        )
-
-    def final_norm(self, width: int) -> nn.Module:
-        return T5LayerNorm(width, eps=self.lm.config.layer_norm_epsilon)
-
-    @staticmethod
-    def call_like(layer, hidden, args, kwargs, memory, carry):
-        """T5Stack's call (hidden, mask, position bias, encoder states, encoder mask, cross-attention
-        bias), with the position biases the previous layer of the same stack computed (`carry`)."""
-        mask, _, encoder_states, encoder_mask = args[1:5]
-        hidden, bias, cross_bias = layer(
-            hidden, mask, carry[0], memory if encoder_states is not None else None, encoder_mask, carry[1], **kwargs
-        )
-        return hidden, (bias, cross_bias)
-
-    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.shared(input_ids)
-
-    def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.lm.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
-
-    def sublayers(self):
-        for i, block in enumerate(self.lm.encoder.block):
-            yield "encoder", i, "self_attn", block.layer[0].SelfAttention
-            yield "encoder", i, "ffn", block.layer[1].DenseReluDense
-        for i, block in enumerate(self.lm.decoder.block):
-            yield "decoder", i, "self_attn", block.layer[0].SelfAttention
-            yield "decoder", i, "cross_attn", block.layer[1].EncDecAttention
-            yield "decoder", i, "ffn", block.layer[2].DenseReluDense
-
-
-LAYOUTS = {"bart": BartLayout, "t5": T5Layout}
-
-
-def check_reduction(d_model: int, width: int, heads: int) -> int:
-    """The integer factor `d_model / width`, each of `heads` heads keeping whole dims."""
-    if width <= 0 or d_model % width or width % heads:
-        raise ValueError(f"a width of {width} does not divide d_model {d_model} into {heads} whole heads")
-    return d_model // width
-
-
 class VLModel(nn.Module):
     def __init__(self, lm: nn.Module, feat_dim: int, n_vis_tokens: int, pool_size: int, vision: nn.Module | None = None):
         super().__init__()
         self.lm = lm
         # the CLIP grid encoder, only when it trains (Table 3); batches then carry "pixels", not "feats"
         self.vision = vision
-        self.layout = LAYOUTS[lm.config.model_type](lm)
+        self.family = family_of(lm)
         self.n_vis_tokens = n_vis_tokens
         self.pool_size = pool_size
-        d_model = lm.config.d_model
-        self.visual_embedding = VisualEmbedding(feat_dim, d_model, lm.get_input_embeddings(), self.layout.norm)
+        d_model = self.family.d_model
+        self.visual_embedding = VisualEmbedding(feat_dim, d_model, lm.get_input_embeddings(), self.family.norm)
         self.method_modules = nn.ModuleDict()
         self.router = TaskRouter()
         self.encoder_prefix: Callable[[int], torch.Tensor] | None = None
@@ -236,9 +93,9 @@ class VLModel(nn.Module):
     # ---- structure exposed to methods -------------------------------------------------
     def sublayer_sites(self) -> list[Site]:
         """Adapter sites: 2 per encoder layer (self-attention, FFN), 3 per decoder layer (+ cross-attention)."""
-        d = self.lm.config.d_model
+        d = self.family.d_model
         return [
-            Site(f"{stack}.{i}.{kind}", stack, i, kind, module, d) for stack, i, kind, module in self.layout.sublayers()
+            Site(f"{stack}.{i}.{kind}", stack, i, kind, module, d) for stack, i, kind, module in self.family.sublayers()
         ]
 
     def attention_modules(self) -> list[tuple[str, nn.Module]]:
@@ -247,11 +104,11 @@ class VLModel(nn.Module):
 
     def query_value_projections(self) -> list[tuple[str, nn.Linear, nn.Linear]]:
         """(attention site name, query projection, value projection) of every attention module."""
-        q, v = self.layout.query_value
+        q, v = self.family.query_value
         return [(name, getattr(attn, q), getattr(attn, v)) for name, attn in self.attention_modules()]
 
     def layer_norms(self) -> list[nn.Module]:
-        return [m for m in self.lm.modules() if isinstance(m, self.layout.norm)]
+        return [m for m in self.lm.modules() if isinstance(m, self.family.norm)]
 
     # ---- forward ------------------------------------------------------------------------
     def visual_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -291,37 +148,22 @@ class VLModel(nn.Module):
         frame_order = torch.arange(t, device=feats.device).expand(b, -1)
         return feats, torch.zeros_like(frame_order), frame_order
 
-    def encode(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        feats: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-    ):
-        """Encoder pass: [prefix; embedded text; visual] -> the LM's encoder stack.
+    def visual_inputs(self, feats: torch.Tensor, frame_mask: torch.Tensor | None, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The visual tokens theta V->L makes of `feats` and their attention mask, in `dtype`.
 
         Images: `feats` (B, n_images, T, F) grids, pooled by `visual_tokens`. Video: `feats` (B, T, F)
-        frames, one token each, and `frame_mask` (B, T), 0 on the padding of clips shorter than T.
-        Visual tokens are added after the text embedding (BART: after `layernorm_embedding`) and get
-        no position embedding, as in VL-T5; a method's prefix (prompt tokens) goes in front of the text.
-        """
-        text = self.layout.embed_text(input_ids)
+        frames, one token each, and `frame_mask` (B, T), 0 on the padding of clips shorter than T."""
         if frame_mask is None:
             vis_feats, img_order, obj_order = self.visual_tokens(feats)
-            vis_mask = attention_mask.new_ones(vis_feats.shape[:2])
+            vis_mask = torch.ones(vis_feats.shape[:2], dtype=dtype, device=feats.device)
         else:
             vis_feats, img_order, obj_order = self.frame_tokens(feats)
-            vis_mask = frame_mask.to(attention_mask.dtype)
-        vis = self.visual_embedding(vis_feats, img_order, obj_order)
-        parts = [text, vis]
-        masks = [attention_mask, vis_mask]
-        if self.encoder_prefix is not None:
-            prefix = self.encoder_prefix(input_ids.shape[0])
-            parts.insert(0, prefix)
-            masks.insert(0, attention_mask.new_ones(prefix.shape[:2]))
-        mask = torch.cat(masks, 1)
-        hidden = self.layout.encoder_stack(torch.cat(parts, 1), mask)
-        return BaseModelOutput(last_hidden_state=hidden), mask
+            vis_mask = frame_mask.to(dtype)
+        return self.visual_embedding(vis_feats, img_order, obj_order), vis_mask
+
+    def encode(self, input_ids, attention_mask, feats, frame_mask=None):
+        """Encoder-decoder LMs: the encoder pass over [method prefix; embedded text; visual tokens]."""
+        return self.family.encode(self, input_ids, attention_mask, feats, frame_mask)
 
     def encode_batch(self, batch: dict[str, torch.Tensor]):
         """`encode` on a batch; video batches carry a "frame_mask"."""
@@ -336,43 +178,16 @@ class VLModel(nn.Module):
         """(B,) per-example losses: token CE averaged over each example's target, times its weight.
 
         `loss` is their mean; distributed training sums each rank's shard instead (engine.train)."""
-        enc, mask = self.encode_batch(batch)
-        labels = batch["labels"]
-        decoder_input_ids = shift_right(labels, self.lm.config.pad_token_id, self.lm.config.decoder_start_token_id)
-        # no KV cache: one pass over the whole target (and layers a method adds need no cache slots)
-        logits = self.lm(
-            encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids, use_cache=False
-        ).logits
-        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        valid = (labels != -100).float()
-        per_example = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return per_example * batch["weights"]
+        return self.family.losses(self, batch)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], num_beams: int, max_new_tokens: int) -> torch.Tensor:
-        """Greedy (num_beams=1) or beam search; the tokens transformers' `generate` gives (decoding.py)."""
-        enc, mask = self.encode_batch(batch)
-        return decoding.generate(self.lm, enc.last_hidden_state, mask, num_beams, max_new_tokens)
+        """Greedy (num_beams=1) or beam search: (B, L) token ids."""
+        return self.family.generate(self, batch, num_beams, max_new_tokens)
 
     @torch.no_grad()
     def choice_logits(self, batch: dict[str, torch.Tensor], choice_ids: list[int]) -> torch.Tensor:
-        """One decoder step: the logits of each choice's first token (NLVR2 true/false).
-
-        Targets read `<s> answer </s>` where the LM has a `<s>` (BART, our tiny T5) and `answer </s>`
-        where it has none (t5-base), so the decoder input is [decoder start] + [<s>] if there is one
-        (BART starts from `</s>`, T5 from `<pad>`)."""
-        enc, mask = self.encode_batch(batch)
-        cfg = self.lm.config
-        n = batch["input_ids"].shape[0]
-        bos = getattr(cfg, "bos_token_id", None)
-        start_ids = [cfg.decoder_start_token_id] + ([bos] if bos is not None else [])
-        start = torch.tensor(start_ids, device=mask.device).expand(n, -1)
-        logits = self.lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start, use_cache=False).logits[:, -1]
-        return logits[:, choice_ids]
+        """One step: the logits of each choice's first token (NLVR2 true/false)."""
+        return self.family.choice_logits(self, batch, choice_ids)
 
 
-def shift_right(labels: torch.Tensor, pad_id: int, start_id: int) -> torch.Tensor:
-    shifted = labels.new_full(labels.shape, pad_id)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = start_id
-    return shifted.masked_fill(shifted == -100, pad_id)

@@ -11,7 +11,7 @@ from vlbench.config import DataConfig, OptimConfig, UserError
 @dataclass(frozen=True)
 class Profile:
     name: str
-    backbones: dict  # suite -> language model ("bart" | "t5", flag --lm) -> key into vlbench.backbones.BACKBONES
+    backbones: dict  # suite -> language model ("bart" | "t5" | "causal", flag --lm) -> key into vlbench.backbones.BACKBONES
     pool_size: int
     data: DataConfig
     optim: OptimConfig
@@ -43,7 +43,7 @@ PROFILES = {
     "tiny": Profile(
         name="tiny",
         # video-text: the same tiny backbones, CLIP's image embedding per frame (vlbench.tasks.video_resources)
-        backbones={"image-text": {"bart": "tiny", "t5": "tiny-t5"}, "video-text": {"bart": "tiny"}},
+        backbones={"image-text": {"bart": "tiny", "t5": "tiny-t5", "causal": "tiny-causal"}, "video-text": {"bart": "tiny"}},
         pool_size=4,
         data=DataConfig(source="synthetic"),
         optim=OptimConfig(epochs=8, batch_size=32),
@@ -69,7 +69,8 @@ PROFILES = {
     "paper": Profile(
         name="paper",
         # video-text: precomputed CLIP ViT-B/32 frame embeddings (512-d) instead of RN101 grids
-        backbones={"image-text": {"bart": "paper", "t5": "paper-t5"}, "video-text": {"bart": "paper-video"}},
+        backbones={"image-text": {"bart": "paper", "t5": "paper-t5", "causal": "paper-causal"},
+                   "video-text": {"bart": "paper-video"}},
         pool_size=6,
         data=DataConfig(source="real", n_train=None, n_val=None, n_test=None, image_size=224),  # every example
         optim=OptimConfig(

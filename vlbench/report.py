@@ -11,6 +11,7 @@ model, the tasks trained on, and which methods the table shows.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -150,10 +151,20 @@ def build_table(
     compare_paper: bool = False,
     cost: bool = False,
     include_superseded: bool = False,
+    lm: str | None = None,
 ) -> ReportTable:
     """The table from the current runs; with `include_superseded` also from runs whose fingerprint is
-    no longer today's, as rows of their own marked "(superseded)"."""
+    no longer today's, as rows of their own marked "(superseded)". `lm`: the table's rows on another
+    language model family than the paper's (e.g. Table 1 on "causal"; the paper's numbers stay its own)."""
     spec = get_spec(number)
+    if lm is not None:
+        from vlbench.backbones import BACKBONES
+
+        families = sorted({b.lm_type for b in BACKBONES.values()})
+        if lm not in families:
+            raise UserError(f"--lm: unknown language model '{lm}' (choose from {', '.join(families)})")
+    if lm is not None and lm != spec.lm:
+        spec = dataclasses.replace(spec, lm=lm, title=f"{spec.title} rows on --lm {lm}", sweep_hint=f"{spec.sweep_hint} --lm {lm}")
     statuses = ("done", "superseded") if include_superseded else ("done",)
     runs = [
         r for status in statuses for r in store.runs(sweep=sweep, status=status, profile=profile, suite=spec.suite)

@@ -55,7 +55,8 @@ def biasless_sites(model: VLModel) -> list[tuple[str, nn.Module, int]]:
     """(name, module, output size) of each Linear of the LM's encoder and decoder stacks and each LM
     layer norm without a bias: where BitFit adds one (every one on T5, none on BART)."""
     sites = []
-    stacks = {"encoder": model.lm.get_encoder(), "decoder": model.lm.get_decoder()}
+    lm = model.lm
+    stacks = {stack: lm.get_encoder() if stack == "encoder" else lm.get_decoder() for stack in model.family.stacks}
     for stack_name, stack in stacks.items():
         for name, module in stack.named_modules():
             if isinstance(module, nn.Linear) and module.bias is None:

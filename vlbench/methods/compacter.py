@@ -88,7 +88,7 @@ class Compacter(AdapterFamily):
         check_divisible(options.phm_k, hidden_dim, d_model)
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
-        self.validate(self.config.sharing, self.config.hidden_dim, model.lm.config.d_model, self.options)
+        self.validate(self.config.sharing, self.config.hidden_dim, model.family.d_model, self.options)
         self.k = self.options.phm_k
         self.low_rank = self.options.low_rank
         # shared rules: one A per projection shape, i.e. one for all down- and one for all

@@ -78,17 +78,17 @@ class LST(Method):
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
-        layout = model.layout
-        d_model, width = model.lm.config.d_model, self.config.hidden_dim
+        family = model.family
+        d_model, width = model.family.d_model, self.config.hidden_dim
         try:
-            config = layout.scaled_config(width)
+            config = family.scaled_config(width)
         except ValueError as e:
             raise UserError(f"--hidden-dims: {e}") from None
         side = nn.ModuleDict()
-        first_index = len(layout.layers("decoder"))  # the side's KV-cache layers follow the LM's
+        first_index = len(family.layers("decoder"))  # the side's KV-cache layers follow the LM's
         for stack in STACKS:
-            layers = layout.new_layers(config, stack, first_index)
-            side[stack] = SideStack(layers, d_model, width, layout.final_norm(width), self.options.gate_alpha)
+            layers = family.new_layers(config, stack, first_index)
+            side[stack] = SideStack(layers, d_model, width, family.final_norm(width), self.options.gate_alpha)
         side["up"] = nn.Linear(width, d_model)
         nn.init.zeros_(side["up"].weight)
         nn.init.zeros_(side["up"].bias)
@@ -100,7 +100,7 @@ class LST(Method):
 
 def attach(model: VLModel, side: nn.ModuleDict, temperature: float) -> list:
     """Hooks that run the side network beside the LM; their handles."""
-    layout = model.layout
+    family = model.family
     state: dict = {}  # per forward pass: each stack's side hidden state and carry, the side encoder's output
     handles = []
 
@@ -119,7 +119,7 @@ def attach(model: VLModel, side: nn.ModuleDict, temperature: float) -> list:
             side_hidden, carry = state[stack]
             gate = torch.sigmoid(ladder.gate_logits[i] / temperature)
             mixed = gate * ladder.downs[i](hidden) + (1 - gate) * side_hidden
-            side_hidden, carry = layout.call_like(ladder.layers[i], mixed, args, kwargs, state.get("memory"), carry)
+            side_hidden, carry = family.call_like(ladder.layers[i], mixed, args, kwargs, state.get("memory"), carry)
             state[stack] = (side_hidden, carry)
             if last and stack == "encoder":
                 state["memory"] = ladder.final_norm(side_hidden)
@@ -132,7 +132,7 @@ def attach(model: VLModel, side: nn.ModuleDict, temperature: float) -> list:
         return output
 
     for stack in STACKS:
-        layers = layout.layers(stack)
+        layers = family.layers(stack)
         handles.append(layers[0].register_forward_pre_hook(begin(stack), with_kwargs=True))
         for i, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(step(stack, i, i == len(layers) - 1), with_kwargs=True))
@@ -141,30 +141,30 @@ def attach(model: VLModel, side: nn.ModuleDict, temperature: float) -> list:
 
 
 # ---- structural pruning ------------------------------------------------------------------------
-def axes_of(layout, module_name: str) -> tuple[str, str] | None:
-    return layout.projection_axes.get(module_name.rsplit(".", 1)[-1])
+def axes_of(family, module_name: str) -> tuple[str, str] | None:
+    return family.projection_axes.get(module_name.rsplit(".", 1)[-1])
 
 
 def residual_dims(model: VLModel, width: int) -> torch.Tensor:
     """The `width` residual dims whose rows and columns weigh most over every LM layer's projections."""
-    layout = model.layout
+    family = model.family
     score = 0
     for stack in STACKS:
-        for layer in layout.layers(stack):
+        for layer in family.layers(stack):
             for name, module in layer.named_modules():
-                axes = axes_of(layout, name)
+                axes = axes_of(family, name)
                 if axes:
                     score = score + module.weight.pow(2).sum(dim=1 - axes.index("model"))
     return torch.topk(score, width).indices.sort().values
 
 
-def inner_dims(layout, twin: nn.Module, layer: nn.Module, keep: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+def inner_dims(family, twin: nn.Module, layer: nn.Module, keep: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """Per projection group of the LM layer `twin` (an attention module, an FFN): the head dims or FFN
     units the side `layer` keeps, by their weights' squared norms over the kept residual dims."""
     scores: dict[str, torch.Tensor] = {}
     inner: dict[str, str] = {}
     for name, module in twin.named_modules():
-        axes = axes_of(layout, name)
+        axes = axes_of(family, name)
         if not axes:
             continue
         kind = "head" if "head" in axes else "ffn"
@@ -175,7 +175,7 @@ def inner_dims(layout, twin: nn.Module, layer: nn.Module, keep: torch.Tensor) ->
         inner[group] = kind
     sizes = {}  # group -> the side layer's size of the group's inner axis
     for name, module in layer.named_modules():
-        axes = axes_of(layout, name)
+        axes = axes_of(family, name)
         if axes:
             sizes[name.rpartition(".")[0]] = module.weight.shape[axes.index(inner[name.rpartition(".")[0]])]
     chosen = {}
@@ -195,17 +195,17 @@ def inner_dims(layout, twin: nn.Module, layer: nn.Module, keep: torch.Tensor) ->
 @torch.no_grad()
 def prune_into(model: VLModel, side: nn.ModuleDict, width: int) -> None:
     """Initialise the side network from the LM's weights by structural pruning (module docstring)."""
-    layout = model.layout
+    family = model.family
     keep = residual_dims(model, width)
     for stack in STACKS:
         ladder = side[stack]
-        for twin, layer in zip(layout.layers(stack), ladder.layers):
-            chosen = inner_dims(layout, twin, layer, keep)
+        for twin, layer in zip(family.layers(stack), ladder.layers):
+            chosen = inner_dims(family, twin, layer, keep)
             sources = dict(twin.named_parameters())
             for name, p in layer.named_parameters():
                 source = sources[name]
                 module_name, _, kind = name.rpartition(".")
-                axes = axes_of(layout, module_name)
+                axes = axes_of(family, module_name)
                 if axes:
                     index = {"model": keep, **chosen[module_name.rpartition(".")[0]]}
                     source = source.index_select(0, index[axes[0]])

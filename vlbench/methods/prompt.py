@@ -43,7 +43,7 @@ class PromptTuning(Method):
 
     def apply(self, model: VLModel, tasks: tuple[str, ...]) -> None:
         freeze_all_but_visual_embedding(model)
-        d_model = model.lm.config.d_model
+        d_model = model.family.d_model
         mid_dim = self.options.prompt_mid_dim
         keys = tasks if self.config.sharing == "multiple" else ("shared",)
         prompts = nn.ModuleDict({k: PromptEncoder(self.config.hidden_dim, d_model, mid_dim) for k in keys})
