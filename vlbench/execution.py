@@ -30,6 +30,7 @@ import torch
 from vlbench.config import UserError
 from vlbench.distributed import cpu_thread_share, environment, thread_environment
 from vlbench.store import OwnershipError, Store
+from vlbench.trackers import TRACKERS
 
 HEARTBEAT_S = float(os.environ.get("VLBENCH_HEARTBEAT_S", 60))  # how often an idle owner proves it is alive
 PROGRESS_S = 2.0  # how often fresh progress (epoch, step, ETA) reaches the store for the live view
@@ -60,6 +61,8 @@ class ExecutionOptions:
     log_every: int | None = None  # training-curve point every N optimizer steps; None: CURVE_POINTS per run
     wait: bool = False  # slurm: wait for the array, showing the live view
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    log_to: tuple[str, ...] = ()  # trackers each finished run is logged to (vlbench.trackers.TRACKERS)
+    mlflow_uri: str | None = None  # MLflow's tracking URI; the sweep resolves None to mlruns/ next to runs/
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -72,6 +75,11 @@ class ExecutionOptions:
         ):  # fmt: skip
             if value is not None and value < least:
                 raise UserError(f"{flag}: must be at least {least}, got {value}")
+        unknown = [name for name in self.log_to if name not in TRACKERS]
+        if unknown:
+            raise UserError(f"--log-to: unknown tracker '{unknown[0]}' (choose from {', '.join(TRACKERS)})")
+        if self.mlflow_uri is not None and "mlflow" not in self.log_to:
+            raise UserError("--mlflow-uri goes with --log-to mlflow")
         if self.slurm.max_requeues < 0:
             raise UserError(f"--slurm-max-requeues: must be at least 0, got {self.slurm.max_requeues}")
         if self.backend == "slurm" and self.workers not in (None, 1):

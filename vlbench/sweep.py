@@ -20,9 +20,10 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from vlbench.params import count_for_config, count_parameters
 from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
+from vlbench.trackers import default_mlflow_uri, open_trackers
 
 # what stops a run at its next step; USR2 is Slurm's (submitit's) warning before a time limit or preemption
 SLURM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -149,6 +151,10 @@ def run_sweep(
 ) -> SweepSummary:
     """Plan the sweep, build what its runs share, and execute the pending runs on the chosen backend."""
     execution.check()
+    if "mlflow" in execution.log_to:  # one absolute URI, so workers and Slurm tasks log to the same store
+        execution = replace(execution, mlflow_uri=execution.mlflow_uri or default_mlflow_uri(runs_dir))
+    for tracker in open_trackers(execution.log_to, execution.mlflow_uri):  # a tracker that cannot log fails now
+        tracker.check([sweep_name])
     started = time.perf_counter()
     summary = SweepSummary()
     sweep_id = store.get_or_create_sweep(sweep_name, configs[0].suite, configs[0].profile, command)
@@ -309,7 +315,8 @@ def collect(configs: list[RunConfig], store: Store, summary: SweepSummary, finis
 
 
 def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict, stop: StopFlag) -> tuple[str, str]:
-    """Claim one run and train it to the end (resuming from its checkpoint), or record why not.
+    """Claim one run and train it to the end (resuming from its checkpoint), or record why not; a run
+    done is then logged to the sweep's trackers (--log-to).
     Returns (outcome, detail): done | failed | interrupted | skipped (another process has it, or it
     is finished), and the reason where there is one."""
     key = cfg.key()
@@ -335,7 +342,6 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
                 raise Interrupted(outcome["epoch"], outcome["step"])
         else:
             train_run(cfg, resources_for(cfg, resources, ctx), store, run_id, owner, run_dir, ctx.execution, stop)
-        return "done", ""
     except Interrupted as e:
         reason = (
             f"interrupted by {stop.reason or 'a signal'} at epoch {e.epoch + 1}, step {e.step}; checkpoint saved, "
@@ -357,6 +363,33 @@ def execute_run(cfg: RunConfig, ctx: SweepContext, store: Store, resources: dict
             store.fail_run(run_id, owner, reason)
             _write_run_document(store, key, run_dir)
         return "failed", reason
+    track(ctx, store, cfg)
+    return "done", ""
+
+
+def track(ctx: SweepContext, store: Store, cfg: RunConfig) -> None:
+    """Log a run recorded done to the sweep's trackers (--log-to), from its run document. A tracker
+    that fails loses only its copy: the run stays done, and one line says so."""
+    trackers = open_trackers(ctx.execution.log_to, ctx.execution.mlflow_uri)
+    if not trackers:
+        return
+    failures = []
+    try:
+        (doc,) = store.run_documents(keys=[cfg.key()])
+    except SQLAlchemyError as e:
+        failures = [(t.name, f"database error: {one_line(e)}") for t in trackers]
+    else:
+        for tracker in trackers:
+            try:
+                tracker.log_run(doc)
+            except Exception as e:  # noqa: BLE001 - whatever the tracker raised, the run is done and stays so
+                failures.append((tracker.name, one_line(e)))
+    for name, reason in failures:
+        print(
+            f"warning: --log-to {name}: {cfg.label()} ({cfg.key()}) is done, but logging it failed: {reason}; "
+            f"`vlbench db export --format {name}` logs it later",
+            file=sys.stderr,
+        )
 
 
 def resume_folder(store: Store, key: str, today: dict[str, str]) -> Path | None:
