@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -37,6 +38,21 @@ SUPERSEDED_HELP = "also the runs whose fingerprint is no longer today's (marked 
 def fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def use_lm_weights(lm: str | None, folder: str | None) -> None:
+    """--lm-weights: the folder the LM family's environment variable names for this process and every
+    worker it starts (where the paper profile reads its LM, and the fingerprint its files)."""
+    if folder is None:
+        return
+    from vlbench.backbones import LM_WEIGHTS_ENV
+
+    family = lm or "bart"
+    if family not in LM_WEIGHTS_ENV:
+        raise UserError(f"--lm: unknown language model '{family}' (choose from {', '.join(LM_WEIGHTS_ENV)})")
+    if not Path(folder).is_dir():
+        raise UserError(f"--lm-weights: {folder}: no such folder")
+    os.environ[LM_WEIGHTS_ENV[family]] = str(Path(folder).resolve())
 
 
 def csv_list(value: str | None, flag: str, cast=str) -> tuple | None:
@@ -100,7 +116,12 @@ def open_store(db: str | None, *, reading: bool = False):
 @sweep_app.command("image-text")
 def sweep_image_text(
     profile: str = typer.Option("tiny", help="tiny (offline, CPU) or paper"),
-    lm: Optional[str] = typer.Option(None, help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5) [default: bart]"),
+    lm: Optional[str] = typer.Option(
+        None, help="language model: bart or t5 (the paper's CLIP-BART / CLIP-T5) or causal (a decoder-only LM) [default: bart]"
+    ),
+    lm_weights: Optional[str] = typer.Option(
+        None, "--lm-weights", help="the paper profile's LM: a save_pretrained folder (model and tokenizer) [default: $VLBENCH_<LM>_WEIGHTS]"
+    ),
     methods: Optional[str] = typer.Option(
         None,
         help="comma-separated: full, adapter, hyperformer, compacter, lora, prompt, proj-only, proj-ln "
@@ -158,6 +179,13 @@ def sweep_image_text(
     slurm_array_parallelism: int = typer.Option(64, help="slurm: array tasks running at once"),
     slurm_extra: Optional[list[str]] = typer.Option(None, help="slurm: an sbatch parameter KEY=VALUE, repeatable"),
     slurm_max_requeues: int = typer.Option(3, help="slurm: requeues after a time limit or preemption"),
+    log_to: Optional[str] = typer.Option(
+        None, help="comma-separated: mlflow, tensorboard: log each finished run there too (pip install "
+        "'vlbench\\[trackers]')"
+    ),
+    mlflow_uri: Optional[str] = typer.Option(
+        None, help="--log-to mlflow: MLflow tracking URI [default: sqlite:///<project>/mlruns/mlflow.db, next to runs/]"
+    ),
 ):
     """Train every job of a method x sharing x hidden-dim x seed grid on the image-text tasks."""
     sweep_suite("image-text", **locals())  # locals(): this command's options, nothing else is defined yet
@@ -174,10 +202,10 @@ def sweep_video_text(**options):
 
 
 def sweep_suite(
-    suite: str, *, profile, lm, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
+    suite: str, *, profile, lm, lm_weights, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
     n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
     checkpoint_every, log_every, keep_checkpoints, retry_failed, rescore, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
-    slurm_array_parallelism, slurm_extra, slurm_max_requeues,
+    slurm_array_parallelism, slurm_extra, slurm_max_requeues, log_to, mlflow_uri,
 ) -> None:
     """Expand the sweep options into one suite's jobs and run them (or list them with --dry-run)."""
     from vlbench.execution import ExecutionOptions, SlurmOptions
@@ -185,6 +213,7 @@ def sweep_suite(
     from vlbench.sweep import plan_table, run_sweep
 
     try:
+        use_lm_weights(lm, lm_weights)
         name = check_sweep_name(sweep_name or f"{suite}-{profile}")
         execution = ExecutionOptions(
             backend=backend, workers=workers, nproc_per_run=nproc_per_run, checkpoint_every=checkpoint_every, log_every=log_every,
@@ -194,6 +223,7 @@ def sweep_suite(
                 array_parallelism=slurm_array_parallelism, extra=key_values(slurm_extra, "--slurm-extra"),
                 max_requeues=slurm_max_requeues,
             ),
+            log_to=csv_list(log_to, "--log-to") or (), mlflow_uri=mlflow_uri,
         )  # fmt: skip
         execution.check()
         request = GridRequest(
@@ -257,7 +287,10 @@ def sweep_suite(
 def params(
     suite: str = typer.Argument("image-text", help="image-text (Table 1 rows) or video-text (Table 4 rows)"),
     profile: str = typer.Option("paper", help="paper (CLIP RN101 + BART-base / T5-base) or tiny"),
-    lm: str = typer.Option("bart", help="language model: bart or t5"),
+    lm: str = typer.Option("bart", help="language model: bart, t5 or causal"),
+    lm_weights: Optional[str] = typer.Option(
+        None, "--lm-weights", help="the LM's save_pretrained folder (causal: its config.json is read) [default: $VLBENCH_<LM>_WEIGHTS]"
+    ),
     methods: Optional[str] = typer.Option(None, help="comma-separated methods [default: the paper's Table 1 rows]"),
     sharing: Optional[str] = typer.Option(None, help="comma-separated sharing modes"),
     hidden_dims: Optional[str] = typer.Option(None, help="comma-separated hidden dims"),
@@ -274,6 +307,7 @@ def params(
     try:
         if fmt not in ("markdown", "json"):
             raise UserError(f"--format: unknown format '{fmt}' (choose from markdown, json)")
+        use_lm_weights(lm, lm_weights)
         if methods is None and sharing is None and hidden_dims is None and not option:
             rows = paper_table_params(suite, profile, lm)
         else:
@@ -328,6 +362,7 @@ def report(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
     profile: Optional[str] = typer.Option(None, help="only runs of this profile"),
     include_superseded: bool = typer.Option(False, "--include-superseded", help=SUPERSEDED_HELP),
+    lm: Optional[str] = typer.Option(None, help="the table's rows on another LM family (bart, t5, causal)"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
     """Render a paper-style table from the database; also written under reports/."""
@@ -338,7 +373,7 @@ def report(
             raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
         result = build_table(
             open_store(db, reading=True), table, sweep=sweep_name, profile=profile, compare_paper=compare_paper, cost=cost,
-            include_superseded=include_superseded,
+            include_superseded=include_superseded, lm=lm,
         )
     except UserError as e:
         fail(str(e))
@@ -435,6 +470,37 @@ def plot_curves(
     console.print(f"written to {path}")
 
 
+@app.command()
+def dashboard(
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    port: int = typer.Option(8050, help="TCP port to listen on (0: any free port)"),
+    host: str = typer.Option(
+        "127.0.0.1", help="address to listen on; 0.0.0.0 makes the store readable from the network (no login)"
+    ),
+    refresh: float = typer.Option(2.0, help="seconds between two reads of the running runs' progress"),
+):
+    """A local web app over the database, read-only: runs, live progress, Tables 1-5, Figure 4, curves,
+    each run's details (pip install 'vlbench[dashboard]')."""
+    try:
+        from vlbench.dashboard import host_warning, serve
+    except ImportError as e:
+        fail(f"the dashboard needs its extra: pip install 'vlbench[dashboard]' ({e})")
+    from vlbench.store import Store
+
+    try:
+        if not 0 < refresh <= 3600:
+            raise UserError(f"--refresh: must be a number of seconds in (0, 3600], got {refresh}")
+        if db is None:
+            project_folder(RUNS_DIR, "runs")
+        warning = host_warning(host)
+        if warning:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        say = lambda line: console.print(escape(line), highlight=False, soft_wrap=True)  # noqa: E731
+        serve(db or Store.default_url(RUNS_DIR), host, port, refresh, say=say)
+    except UserError as e:
+        fail(str(e))
+
+
 @features_app.command("extract")
 def features_extract(
     images: Path = typer.Option(..., help="folder of .jpg/.jpeg/.png images, subfolders included; id = file name without extension"),
@@ -521,17 +587,31 @@ def eval_caption(
 
 @db_app.command("export")
 def db_export(
-    fmt: str = typer.Option("csv", "--format", help="csv, json or parquet"),
+    fmt: str = typer.Option(
+        "csv", "--format", help="csv, json or parquet (a file); mlflow or tensorboard (each done run logged there, as "
+        "sweep --log-to does)"
+    ),
     out: Optional[Path] = typer.Option(None, help="output file [default: reports/export/runs.<format>]"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="only this sweep"),
+    mlflow_uri: Optional[str] = typer.Option(
+        None, help="--format mlflow: MLflow tracking URI [default: sqlite:///<project>/mlruns/mlflow.db, next to runs/]"
+    ),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ):
-    """One row per run (config, parameter counts, test metrics, costs, provenance) for analysis elsewhere."""
+    """One row per run (config, parameter counts, test metrics, costs, provenance) for analysis elsewhere;
+    or every done run logged to MLflow or TensorBoard."""
     from vlbench.export import EXPORT_FORMATS, export_runs
+    from vlbench.trackers import TRACKERS
 
+    if fmt in TRACKERS:
+        db_export_to_tracker(fmt, out, sweep_name, mlflow_uri, db)
+        return
     try:
         if fmt not in EXPORT_FORMATS:
-            raise UserError(f"--format: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
+            formats = ", ".join((*EXPORT_FORMATS, *TRACKERS))
+            raise UserError(f"--format: unknown format '{fmt}' (choose from {formats})")
+        if mlflow_uri is not None:
+            raise UserError("--mlflow-uri goes with --format mlflow")
         target = out or project_folder(REPORTS_DIR, "reports") / "export" / f"runs.{fmt}"
         if target.is_dir():
             raise UserError(f"--out: {target} is a folder; give a file name")
@@ -545,6 +625,25 @@ def db_export(
     except UserError as e:
         fail(str(e))
     console.print(f"{n} run(s) written to {target}")
+
+
+def db_export_to_tracker(name: str, out: Path | None, sweep_name: str | None, mlflow_uri: str | None, db: str | None) -> None:
+    """`db export --format mlflow|tensorboard`: every done run logged to the tracker, as `sweep --log-to` does."""
+    from vlbench.trackers import default_mlflow_uri, log_runs
+
+    try:
+        if out is not None:
+            raise UserError(f"--out: --format {name} logs to {'MLflow (--mlflow-uri)' if name == 'mlflow' else 'the run folders'}, not to a file")
+        if mlflow_uri is not None and name != "mlflow":
+            raise UserError("--mlflow-uri goes with --format mlflow")
+        summary = log_runs(open_store(db, reading=True), name, mlflow_uri or default_mlflow_uri(RUNS_DIR), sweep_name)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"{summary.logged} run(s) logged to {name}" + (f", {summary.already} already there" if summary.already else ""))
+    for label, reason in summary.failed:
+        err_console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @db_app.command("rebuild")

@@ -351,15 +351,43 @@ def _foreign(tables: set[str]) -> set[str]:
     return tables - {"alembic_version"} or tables
 
 
+def _schema_state(conn, scripts: ScriptDirectory, shown: str) -> tuple[set[str], str | None]:
+    """(tables, schema version) of a database, read only; another application's or a newer vlbench's
+    database is refused."""
+    tables = set(inspect(conn).get_table_names())
+    foreign = _foreign(tables)
+    if foreign:
+        raise UserError(
+            f"--db {shown}: the database holds another application's tables "
+            f"({', '.join(sorted(foreign)[:5])}), not vlbench's; give another database"
+        )
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None and current not in {rev.revision for rev in scripts.walk_revisions()}:
+        raise UserError(
+            f"--db {shown}: its schema is version {current}, written by a newer vlbench; this vlbench "
+            f"knows versions up to {scripts.get_current_head()}: upgrade vlbench to use it"
+        )
+    return tables, current
+
+
 class Store:
     """The results database at `url`.
 
     `create`: a SQLite file that does not exist yet is created (reading commands pass False: they say
     there is no database instead of creating an empty one). `writer`: the store will be written; a
     database that cannot be (read-only or immutable file, read-only role) is refused up front.
+    `read_only` (the dashboard): nothing is ever written, not even the schema. Implies create=False and
+    writer=False; the schema is neither created nor upgraded (a database without one, or with an older
+    or newer one, is refused with a UserError saying so); SQLite files are opened in SQLite's read-only
+    mode and PostgreSQL sessions are read-only transactions, so a write fails in the database itself.
     """
 
-    def __init__(self, url: str, *, create: bool = True, writer: bool = True, stale_after: float = STALE_AFTER_S):
+    def __init__(
+        self, url: str, *, create: bool = True, writer: bool = True, read_only: bool = False,
+        stale_after: float = STALE_AFTER_S,
+    ):  # fmt: skip
+        if read_only:
+            create = writer = False
         self.stale_after = stale_after
         self.notices: list[str] = []  # warnings for the user (e.g. SQLite on a network file system)
         shown = url  # the URL as messages name it: without its password, once parsed
@@ -374,12 +402,21 @@ class Store:
             if sqlite_file:
                 self._check_sqlite_file(Path(parsed.database), shown, create)
                 self.shareable_url = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(False)
-            self.engine: Engine = create_engine(parsed)
+            connect_args: dict[str, Any] = {}
+            if read_only and sqlite_file:  # SQLite's URI form: mode=ro (the reader may still create -wal/-shm)
+                uri = Path(parsed.database).resolve().as_uri()
+                parsed = parsed.set(database=uri, query={**parsed.query, "mode": "ro", "uri": "true"})
+            elif read_only and parsed.get_backend_name() == "postgresql":
+                connect_args["options"] = "-c default_transaction_read_only=on"
+            self.engine: Engine = create_engine(parsed, connect_args=connect_args)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas(writer))
                 event.listen(self.engine, "begin", _begin)
             self._writer = self.engine.execution_options(write=True)
-            self._prepare_schema(shown)
+            if read_only:
+                self._check_schema(shown)
+            else:
+                self._prepare_schema(shown)
             if writer:
                 self._check_writable()
         except (exc.SQLAlchemyError, ImportError, OSError, sqlite3.Error) as e:
@@ -417,26 +454,31 @@ class Store:
         with self._writer.connect() as conn, conn.begin():
             if conn.dialect.name == "postgresql":  # one process migrates; the others wait, then find it done
                 conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            tables = set(inspect(conn).get_table_names())
-            foreign = _foreign(tables)
-            if foreign:
-                raise UserError(
-                    f"--db {shown}: the database holds another application's tables "
-                    f"({', '.join(sorted(foreign)[:5])}), not vlbench's; give another database"
-                )
-            current = MigrationContext.configure(conn).get_current_revision()
-            known = {rev.revision for rev in scripts.walk_revisions()}
-            if current is not None and current not in known:
-                raise UserError(
-                    f"--db {shown}: its schema is version {current}, written by a newer vlbench; this vlbench "
-                    f"knows versions up to {head}: upgrade vlbench to use it"
-                )
+            tables, current = _schema_state(conn, scripts, shown)
             if current == head:
                 return
             cfg = _alembic_config(conn)
             if current is None and tables:  # written by vlbench 0.1.0, before the schema had versions
                 command.stamp(cfg, "0001")
             command.upgrade(cfg, "head")
+
+    def _check_schema(self, shown: str) -> None:
+        """Read-only: the schema must be this vlbench's as it is; nothing is created or upgraded."""
+        scripts = ScriptDirectory(str(MIGRATIONS))
+        head = scripts.get_current_head()
+        with self.engine.connect() as conn:
+            tables, current = _schema_state(conn, scripts, shown)
+        if not tables:
+            raise UserError(
+                f"--db {shown}: the database is empty (no vlbench tables yet): nothing has run there; "
+                "start with `vlbench sweep image-text`"
+            )
+        if current != head:
+            raise UserError(
+                f"--db {shown}: its schema is version {current or '0001 (vlbench 0.1.0)'}, older than this vlbench's "
+                f"{head}; it was opened read-only, so it is not upgraded: any other vlbench command on it (such as "
+                "`vlbench status`) upgrades it in place"
+            )
 
     def _check_writable(self) -> None:
         with self._write() as s, s.begin():
