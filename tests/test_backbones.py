@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vlbench.backbones as backbones_mod
+import vlbench.pretrain as pretrain
 import vlbench.compat  # noqa: F401
 from transformers import BartConfig, BartForConditionalGeneration
 from vlbench.backbones import (
@@ -71,7 +72,7 @@ def test_cache_is_reused(tiny, cache_dir, monkeypatch):
     def no_pretraining(*args):
         raise AssertionError("pretrained again instead of loading the cache")
 
-    monkeypatch.setattr(backbones_mod, "_pretrain_into", no_pretraining)
+    monkeypatch.setattr(pretrain, "pretrain_tiny", no_pretraining)
     start = time.perf_counter()
     again = load_backbones(FAST, cache_dir)
     assert time.perf_counter() - start < 2
@@ -93,7 +94,7 @@ def test_failed_pretraining_leaves_no_cache(tmp_path, monkeypatch):
     def crash(*args):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(backbones_mod, "_pretrain_lm", crash)
+    monkeypatch.setattr(pretrain, "_pretrain_lm", crash)
     with pytest.raises(RuntimeError, match="killed"):
         load_backbones(FAST, tmp_path)
     assert list((tmp_path / "backbones").iterdir()) == []
@@ -272,3 +273,26 @@ def test_paper_lm_folder_problems_are_one_line_errors(lm_folders, tmp_path):
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert error(truncated).startswith(f"{truncated}: cannot load the model and tokenizer in this folder")
+
+
+def test_components_do_not_import_the_recipe_or_the_tasks():
+    """backbones.py (components) loads without the pretraining recipe or the synthetic suite; the
+    recipe imports them (it is called only to fill a missing cache)."""
+    import subprocess
+    import sys
+
+    code = "import sys, vlbench.backbones; print(sorted(m for m in sys.modules if m.startswith('vlbench')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "vlbench.pretrain" not in loaded and "vlbench.tasks" not in loaded, loaded
+
+
+def test_pretraining_uses_the_engines_optimizer_groups_and_schedule():
+    from vlbench.engine import decay_groups, warmup_schedule
+
+    lm = build_lm_from_config(BACKBONES["tiny"], vocab_size=40)
+    optimizer, scheduler = pretrain.adamw_cosine(lm, 1e-3, 0.01, steps=100)
+    expected = decay_groups(lm.named_parameters(), 0.01)
+    assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == [[id(p) for p in g["params"]] for g in expected]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    factor = warmup_schedule(100, 0.1, "cosine")
+    assert factor(0) == 0.1 and factor(9) == 1.0 and factor(10) == 1.0 and abs(factor(55) - 0.5) < 1e-12 and factor(100) < 1e-3

@@ -1,6 +1,8 @@
-"""Backbones: the frozen CLIP vision tower, the language model (BART or T5) and their shared tokenizer.
+"""Backbones, the components: the frozen CLIP vision tower, the language model (BART, T5 or a
+decoder-only LM) and their shared tokenizer; their specs, builders and loaders. The tiny profile's
+pretraining recipe that makes them is vlbench/pretrain.py (called here only to fill a missing cache).
 
-Two profiles, each with a BART and a T5 spec:
+Two profiles, each with a BART and a T5 spec (and a decoder-only one):
 - `paper`, `paper-t5` (and `paper-video`): CLIP RN101 (video: ViT-B/32 frame embeddings) + BART-base
   / T5-base, as in VL-Adapter. The language model and its tokenizer are read with `from_pretrained`
   from a local folder the user names (`lm_weights`, else $VLBENCH_BART_WEIGHTS / $VLBENCH_T5_WEIGHTS);
@@ -8,8 +10,8 @@ Two profiles, each with a BART and a T5 spec:
   accounting needs neither: it builds the architectures from their configs.
 - `tiny`, `tiny-t5`, `tiny-causal`: a tiny CLIP ModifiedResNet and a tiny BART / T5 / LLaMA-style
   decoder-only LM, pretrained here on the synthetic scene suite (CLIP contrastively on image-caption
-  pairs, the LM by its family's objective: denoising, or next-token prediction) once, then cached on
-  disk. All use the same word-level tokenizer, so T5 and causal targets also read `<s> ... </s>`.
+  pairs, the LM by its family's objective: denoising, or next-token prediction; vlbench/pretrain.py)
+  once, then cached on disk. All use the same word-level tokenizer, so T5 and causal targets also read `<s> ... </s>`.
 
 The vision tower returns the ResNet grid before attention pooling (paper: 7x7x2048), which the
 VL model projects into the language model as visual tokens.
@@ -21,15 +23,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +35,7 @@ from PIL import Image
 
 import vlbench.compat  # noqa: F401  (must precede open_clip / transformers)
 import open_clip
-from open_clip.loss import ClipLoss
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers.utils import logging as hf_logging
 from transformers import (
@@ -57,7 +53,6 @@ from transformers import (
 )
 
 from vlbench.config import UserError
-from vlbench.lms import family_of
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +264,10 @@ def preprocess_images(images: list[np.ndarray], size: int) -> torch.Tensor:
         img if img.shape[:2] == (size, size) else np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
         for img in images
     ]
-    return _normalise(torch.from_numpy(np.stack(resized)))
+    return normalise_images(torch.from_numpy(np.stack(resized)))
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
     """(B,H,W,3) uint8 -> (B,3,H,W) float with CLIP mean/std."""
     x = images.permute(0, 3, 1, 2).float().div(255)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -329,39 +324,17 @@ def build_lm_from_config(spec: BackboneSpec, vocab_size: int | None = None) -> P
     """The LM of `spec` (random init) with `n_vis_tokens` embedding rows appended. Needs nothing on disk.
 
     `vocab_size` is the text vocabulary before the visual tokens (tiny: the trained tokenizer's)."""
-    lm = _lm(spec, vocab_size)
+    lm = lm_from_spec(spec, vocab_size)
     add_vis_rows(lm, spec.n_vis_tokens)
     return lm
-
-
-def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """The tokenizer a tiny spec trains on its text corpus (deterministic in the spec)."""
-    from vlbench.tasks.scenes import text_corpus
-
-    if sentences is None:
-        sentences = text_corpus(spec.pretrain["text_examples"], spec.pretrain["seed"])
-    return build_tokenizer(sentences, spec.n_vis_tokens)
-
-
-_TINY_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}  # spec key -> its tokenizer
-
-
-def shared_tiny_tokenizer(spec: BackboneSpec) -> PreTrainedTokenizerFast:
-    """The tiny spec's tokenizer, trained once per spec and process (accounting counts many jobs)."""
-    if spec.key() not in _TINY_TOKENIZERS:
-        _TINY_TOKENIZERS[spec.key()] = tiny_tokenizer(spec)
-    return _TINY_TOKENIZERS[spec.key()]
-
-
-def text_vocab_size(spec: BackboneSpec) -> int:
-    """The tiny tokenizer's vocabulary size before the vis tokens."""
-    return len(shared_tiny_tokenizer(spec)) - spec.n_vis_tokens
 
 
 def architecture(spec: BackboneSpec) -> tuple[PreTrainedModel, int]:
     """The LM (random init, vis rows added) and the vision feature size of `spec`, from configs alone.
 
     For parameter accounting before anything is trained; build it under `torch.device("meta")`."""
+    from vlbench.pretrain import text_vocab_size  # a tiny LM's vocabulary is its recipe's tokenizer's
+
     vocab_size = text_vocab_size(spec) if spec.pretrain else None
     return build_lm_from_config(spec, vocab_size), vision_shape(spec)[0]
 
@@ -379,7 +352,7 @@ def vision_shape(spec: BackboneSpec) -> tuple[int, int, int]:
     return vision_cfg["width"] * 32, vision_cfg["image_size"] // 32, vision_cfg["image_size"]
 
 
-def _lm(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:
+def lm_from_spec(spec: BackboneSpec, vocab_size: int | None) -> PreTrainedModel:
     if spec.lm_type == "causal" and not spec.pretrain:  # the user's model: its folder's config.json
         return AutoModelForCausalLM.from_config(causal_config(spec))
     kwargs = {k: v for k, v in spec.lm.items() if k != "hub"}
@@ -421,20 +394,6 @@ def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-# bump when the tiny pretraining code changes what it produces (the recipe's numbers are in the spec)
-PRETRAIN_RECIPE_VERSION = 1
-
-
-def recipe_key(spec: BackboneSpec) -> str:
-    """What a tiny backbone is made from: its spec, the pretraining code, and the versions of the scenes
-    and task generators that write its corpus (text_corpus) and its CLIP's images and captions."""
-    from vlbench.tasks import TASKS, scenes  # the corpus comes from the tasks: import late
-
-    parts = {"spec": spec.key(), "recipe": PRETRAIN_RECIPE_VERSION, "scenes": scenes.VERSION,
-             "tasks": {name: task.version for name, task in TASKS.items()}}  # fmt: skip
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def load_backbones(
     name: str | BackboneSpec, cache_dir: Path, progress=None, lm_weights: str | Path | None = None
 ) -> Backbones:
@@ -447,9 +406,11 @@ def load_backbones(
     hf_logging.disable_progress_bar()  # transformers' tqdm bars would break vlbench's rich progress display
     if not spec.pretrain:
         return _load_pretrained_lm(spec, lm_weights or os.environ.get(LM_WEIGHTS_ENV[spec.lm_type]))
+    from vlbench.pretrain import pretrain_tiny, recipe_key  # the recipe that makes a missing cache
+
     folder = Path(cache_dir) / "backbones" / f"{spec.name}-{recipe_key(spec)}"
     if not folder.exists():
-        _pretrain_into(spec, folder, progress)
+        pretrain_tiny(spec, folder, progress)
     return _load_cached(spec, folder)
 
 
@@ -558,178 +519,3 @@ def _check_lm_folder(folder: Path, spec: BackboneSpec) -> None:
             f"{folder}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt, or spiece.model): "
             "save the tokenizer into the same folder"
         )
-
-
-def _pretrain_into(spec: BackboneSpec, folder: Path, progress) -> None:
-    """Pretrain the tiny backbones and write them to `folder` atomically (a temp folder, then rename)."""
-    from vlbench.tasks.scenes import pretraining_corpus, text_corpus
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    p = spec.pretrain
-    try:
-        # fork_rng: fixed seeds for a deterministic result without touching the caller's RNG state
-        with torch.random.fork_rng(devices=[]), _progress_or_own(progress) as prog:
-            torch.manual_seed(p["seed"])
-            t0 = time.perf_counter()
-            sentences = text_corpus(p["text_examples"], p["seed"])
-            tokenizer = tiny_tokenizer(spec, sentences)
-            t_tok = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            image_size = spec.clip["vision_cfg"]["image_size"]
-            n_images = p["clip_images"] + p["clip_eval_images"]
-            images, captions = pretraining_corpus(n_images, image_size, p["seed"])
-            clip = build_clip(spec, tokenizer)
-            clip_stats = _pretrain_clip(clip, tokenizer, images, captions, p, prog)
-            t_clip = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            lm = _lm(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
-            lm_stats = _pretrain_lm(lm, tokenizer, sentences, p, prog)
-            add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to the pretrained LM
-            t_lm = time.perf_counter() - t0
-
-        tmp.mkdir()
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp / "clip.safetensors")
-        lm.save_pretrained(tmp / "lm")
-        meta = {
-            "spec": dataclasses.asdict(spec),
-            "vocab_size": len(tokenizer),
-            "clip": clip_stats,
-            "lm": lm_stats,
-            "seconds": {"tokenizer": round(t_tok, 2), "clip": round(t_clip, 2), "lm": round(t_lm, 2)},
-            "torch_threads": torch.get_num_threads(),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not folder.exists():
-                raise
-            # another process finished the same pretraining first; its result is the same
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def _progress_or_own(progress):
-    if progress is not None:
-        yield progress
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as own:
-        yield own
-
-
-def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # no decay on gains, biases and the temperature (all the 0/1-d parameters)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def _warmup_cosine(step: int, total: int, warmup_ratio: float = 0.1) -> float:
-    warmup = max(1, int(total * warmup_ratio))
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
-    """`steps` index batches of size `batch` drawn from reshuffled passes over range(n)."""
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if len(order) < batch:
-            order = torch.cat([order, torch.randperm(n, generator=gen)])
-        yield order[:batch]
-        order = order[batch:]
-
-
-def _pretrain_clip(clip, tokenizer, images, captions, p: dict, progress) -> dict[str, Any]:
-    n_train = p["clip_images"]
-    pixels = torch.from_numpy(np.stack(images))  # uint8, normalised per batch to save memory
-    context = clip.context_length
-    text = tokenizer(captions, padding="max_length", truncation=True, max_length=context, return_tensors="pt").input_ids
-
-    loss_fn = ClipLoss()
-    opt = _optimizer(clip, p["clip_lr"], weight_decay=0.1)
-    steps = p["clip_steps"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps))
-    gen = torch.Generator().manual_seed(p["seed"])
-    task = progress.add_task("pretrain tiny CLIP", total=steps)
-    losses = []
-    clip.train()
-    for idx in _batches(n_train, p["clip_batch"], steps, gen):
-        image_features, text_features, logit_scale = clip(_normalise(pixels[idx]), text[idx])
-        loss = loss_fn(image_features, text_features, logit_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, math.log(100))  # as open_clip's training loop does
-        losses.append(loss.item())
-        progress.update(task, advance=1, description=f"pretrain tiny CLIP  loss {loss.item():.3f}")
-    clip.eval()
-
-    # image->text retrieval on the held-out images: correct when the retrieved caption's text equals
-    # the image's own (different scenes can share a caption, so those count as right too)
-    held = range(n_train, len(images))
-    with torch.no_grad():
-        img = clip.encode_image(_normalise(pixels[n_train:]), normalize=True)
-        txt = clip.encode_text(text[n_train:], normalize=True)
-    best = (img @ txt.T).argmax(dim=1).tolist()
-    held_captions = [captions[i] for i in held]
-    accuracy = float(np.mean([held_captions[b] == c for b, c in zip(best, held_captions)]))
-    chance = float(np.mean([held_captions.count(c) / len(held_captions) for c in held_captions]))
-    stats = {
-        "final_loss": float(np.mean(losses[-20:])),
-        "first_loss": losses[0],
-        "logit_scale": clip.logit_scale.exp().item(),
-        "retrieval_top1": accuracy,
-        "retrieval_chance": chance,
-        "eval_images": len(held_captions),
-    }
-    log.info(
-        "tiny CLIP: loss %.3f -> %.3f, held-out image->text top-1 %.3f (chance %.3f, %d images)",
-        stats["first_loss"], stats["final_loss"], accuracy, chance, len(held_captions),
-    )
-    return stats
-
-
-def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
-    # BART has learned positions up to a maximum length; T5's relative positions have none
-    max_len = getattr(lm.config, "max_position_embeddings", None)
-    ids = tokenizer(sentences, truncation=max_len is not None, max_length=max_len).input_ids
-    family = family_of(lm)  # its objective: BART-style infilling, or next-token prediction
-    rng = np.random.default_rng(p["seed"])
-    gen = torch.Generator().manual_seed(p["seed"])
-
-    opt = _optimizer(lm, p["lm_lr"], weight_decay=0.01)
-    steps = p["lm_steps"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, steps))
-    name = f"tiny {lm.config.model_type.upper()}"
-    task = progress.add_task(f"pretrain {name}", total=steps)
-    losses = []
-    lm.train()
-    for idx in _batches(len(ids), p["lm_batch"], steps, gen):
-        batch = family.pretraining_batch([ids[i] for i in idx.tolist()], tokenizer, p["mask_ratio"], rng)
-        loss = lm(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        progress.update(task, advance=1, description=f"pretrain {name}  loss {loss.item():.3f}")
-    lm.eval()
-    stats = {"final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0]}
-    log.info("%s pretraining: loss %.3f -> %.3f", name, stats["first_loss"], stats["final_loss"])
-    return stats

@@ -335,7 +335,8 @@ def time_data(env: "BenchEnv", batch_size: int) -> dict:
 
     import h5py
 
-    from vlbench.backbones import BACKBONES, shared_tiny_tokenizer
+    from vlbench.backbones import BACKBONES
+    from vlbench.pretrain import shared_tiny_tokenizer
     from vlbench.data import TaskData, collate_train
     from vlbench.features import open_feature_store, write_shard
     from vlbench.tasks import TASKS, Example
@@ -400,7 +401,8 @@ def time_data(env: "BenchEnv", batch_size: int) -> dict:
 def time_extraction(env: "BenchEnv", opts: BenchOptions) -> dict:
     import open_clip
 
-    from vlbench.backbones import GridEncoder, build_clip, shared_tiny_tokenizer, vision_shape
+    from vlbench.backbones import GridEncoder, build_clip, vision_shape
+    from vlbench.pretrain import shared_tiny_tokenizer
 
     spec = env.spec
     with torch.random.fork_rng(devices=[]):

@@ -92,6 +92,33 @@ def epoch_schedule(
     return entries
 
 
+def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """AdamW's two groups of the trainable parameters: `weight_decay` on weight matrices, none on
+    biases, norms and other 0/1-d tensors (gains, gates, CLIP's temperature)."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        is_norm = "layer_norm" in name or "layernorm" in name or ".norm" in name or name.endswith("LayerNorm.weight")
+        (no_decay if name.endswith("bias") or is_norm or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_schedule(total_steps: int, warmup_ratio: float, decay: str = "linear") -> Callable[[int], float]:
+    """The learning-rate factor of each step: linear warmup over `warmup_ratio` of the steps, then a
+    linear (training) or cosine (tiny pretraining) decay to zero."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
 def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int, groups: Sequence[ParamGroup] = ()):
     """AdamW without weight decay on biases and LayerNorm weights; linear warmup then linear decay.
 
@@ -99,20 +126,15 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int, groups
     plain SGD at its own learning rate), each built apart, on the same schedule. Returns the
     optimizers and their schedulers (one each when the method declares no group)."""
     own = {id(p) for group in groups for p in group.params}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in own:
-            continue
-        is_norm = "layer_norm" in name or "layernorm" in name or ".norm" in name or name.endswith("LayerNorm.weight")
-        (no_decay if name.endswith("bias") or is_norm or p.ndim == 1 else decay).append(p)
+    default = decay_groups(((n, p) for n, p in model.named_parameters() if id(p) not in own), optim.weight_decay)
     optimizers = [
         torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            default,
             lr=optim.lr,
             eps=optim.adam_eps,
             betas=(0.9, 0.999),
             # one fused kernel over all parameters instead of a Python loop over each (CPU and CUDA)
-            fused=bool(decay or no_decay),
+            fused=any(g["params"] for g in default),
         )
     ]
     for group in groups:
@@ -122,14 +144,8 @@ def build_optimizer(model: VLModel, optim: OptimConfig, total_steps: int, groups
             optimizers.append(torch.optim.SGD(params, lr=lr))
         else:
             optimizers.append(torch.optim.AdamW(params, lr=lr, eps=optim.adam_eps, weight_decay=optim.weight_decay))
-    warmup = max(1, int(optim.warmup_ratio * total_steps))
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimizers]
+    factor = warmup_schedule(total_steps, optim.warmup_ratio)
+    return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
 
 
 PRECISIONS = ("fp32", "bf16")

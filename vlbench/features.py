@@ -35,7 +35,8 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images, recipe_key
+from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess_images
+from vlbench.pretrain import recipe_key
 from vlbench.config import UserError
 from vlbench.files import atomic_write
 

@@ -69,12 +69,13 @@ def _code_parts(cfg: RunConfig) -> dict[str, str]:
 def _input_parts(cfg: RunConfig) -> dict[str, str]:
     """The backbone, the data and visual input, and the caption tokenizer the run reads."""
     from vlbench import backbones as backbone_registry
+    from vlbench.pretrain import recipe_key
     from vlbench.tasks import ALL_TASKS
 
     parts = {}
     spec = backbone_registry.BACKBONES[cfg.backbone]
     if spec.pretrain:
-        parts["backbone"] = f"{spec.name} recipe {backbone_registry.recipe_key(spec)}"
+        parts["backbone"] = f"{spec.name} recipe {recipe_key(spec)}"
     else:
         parts["backbone"] = pretrained_lm(spec)
     if cfg.data.source == "real":

@@ -71,9 +71,9 @@ def skeleton_model(cfg: RunConfig) -> VLModel:
         GridEncoder,
         architecture,
         build_clip,
-        shared_tiny_tokenizer,
     )
     from vlbench.methods import build_vl_model, trains_vision
+    from vlbench.pretrain import shared_tiny_tokenizer
 
     spec = BACKBONES[cfg.backbone]
     with torch.device("meta"):

@@ -1,0 +1,229 @@
+"""The tiny profile's pretraining recipe: the tokenizer, the tiny CLIP and the tiny LM it trains once
+per spec and caches (`vlbench.backbones.load_backbones` calls `pretrain_tiny` for a missing cache).
+
+The components it trains (the spec, CLIP's and the LMs' builders, the tokenizer builder) are in
+vlbench/backbones.py and vlbench/lms/; the corpus comes from the synthetic suite (vlbench.tasks.scenes);
+the optimiser and schedule are the engine's (AdamW without decay on biases and norms, warmup then
+cosine decay). The LM's objective is its family's (`LMFamily.pretraining_batch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerFast
+
+from vlbench.backbones import BackboneSpec, add_vis_rows, build_clip, build_tokenizer, lm_from_spec, normalise_images
+from vlbench.engine import decay_groups, warmup_schedule
+from vlbench.lms import family_of
+from vlbench.tasks import TASKS, scenes
+from vlbench.tasks.scenes import pretraining_corpus, text_corpus
+
+log = logging.getLogger(__name__)
+
+
+# bump when the tiny pretraining code changes what it produces (the recipe's numbers are in the spec)
+PRETRAIN_RECIPE_VERSION = 1
+
+
+def recipe_key(spec: BackboneSpec) -> str:
+    """What a tiny backbone is made from: its spec, the pretraining code, and the versions of the scenes
+    and task generators that write its corpus (text_corpus) and its CLIP's images and captions."""
+    parts = {"spec": spec.key(), "recipe": PRETRAIN_RECIPE_VERSION, "scenes": scenes.VERSION,
+             "tasks": {name: task.version for name, task in TASKS.items()}}  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer a tiny spec trains on its text corpus (deterministic in the spec)."""
+    if sentences is None:
+        sentences = text_corpus(spec.pretrain["text_examples"], spec.pretrain["seed"])
+    return build_tokenizer(sentences, spec.n_vis_tokens)
+
+
+_TINY_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}  # spec key -> its tokenizer
+
+
+def shared_tiny_tokenizer(spec: BackboneSpec) -> PreTrainedTokenizerFast:
+    """The tiny spec's tokenizer, trained once per spec and process (accounting counts many jobs)."""
+    if spec.key() not in _TINY_TOKENIZERS:
+        _TINY_TOKENIZERS[spec.key()] = tiny_tokenizer(spec)
+    return _TINY_TOKENIZERS[spec.key()]
+
+
+def text_vocab_size(spec: BackboneSpec) -> int:
+    """The tiny tokenizer's vocabulary size before the vis tokens."""
+    return len(shared_tiny_tokenizer(spec)) - spec.n_vis_tokens
+
+def adamw_cosine(model: torch.nn.Module, lr: float, weight_decay: float, steps: int):
+    """The engine's AdamW groups and warmup schedule, with a cosine decay (pretraining's)."""
+    optimizer = torch.optim.AdamW(decay_groups(model.named_parameters(), weight_decay), lr=lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(steps, 0.1, "cosine"))
+
+
+def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
+    """Pretrain the tiny backbones and write them to `folder` atomically (a temp folder, then rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    p = spec.pretrain
+    try:
+        # fork_rng: fixed seeds for a deterministic result without touching the caller's RNG state
+        with torch.random.fork_rng(devices=[]), _progress_or_own(progress) as prog:
+            torch.manual_seed(p["seed"])
+            t0 = time.perf_counter()
+            sentences = text_corpus(p["text_examples"], p["seed"])
+            tokenizer = tiny_tokenizer(spec, sentences)
+            t_tok = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            image_size = spec.clip["vision_cfg"]["image_size"]
+            n_images = p["clip_images"] + p["clip_eval_images"]
+            images, captions = pretraining_corpus(n_images, image_size, p["seed"])
+            clip = build_clip(spec, tokenizer)
+            clip_stats = _pretrain_clip(clip, tokenizer, images, captions, p, prog)
+            t_clip = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            lm = lm_from_spec(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
+            lm_stats = _pretrain_lm(lm, tokenizer, sentences, p, prog)
+            add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to the pretrained LM
+            t_lm = time.perf_counter() - t0
+
+        tmp.mkdir()
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp / "clip.safetensors")
+        lm.save_pretrained(tmp / "lm")
+        meta = {
+            "spec": dataclasses.asdict(spec),
+            "vocab_size": len(tokenizer),
+            "clip": clip_stats,
+            "lm": lm_stats,
+            "seconds": {"tokenizer": round(t_tok, 2), "clip": round(t_clip, 2), "lm": round(t_lm, 2)},
+            "torch_threads": torch.get_num_threads(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.exists():
+                raise
+            # another process finished the same pretraining first; its result is the same
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _progress_or_own(progress):
+    if progress is not None:
+        yield progress
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as own:
+        yield own
+
+
+def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
+    """`steps` index batches of size `batch` drawn from reshuffled passes over range(n)."""
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch:
+            order = torch.cat([order, torch.randperm(n, generator=gen)])
+        yield order[:batch]
+        order = order[batch:]
+
+
+def _pretrain_clip(clip, tokenizer, images, captions, p: dict, progress) -> dict[str, Any]:
+    n_train = p["clip_images"]
+    pixels = torch.from_numpy(np.stack(images))  # uint8, normalised per batch to save memory
+    context = clip.context_length
+    text = tokenizer(captions, padding="max_length", truncation=True, max_length=context, return_tensors="pt").input_ids
+
+    loss_fn = ClipLoss()
+    opt, sched = adamw_cosine(clip, p["clip_lr"], 0.1, p["clip_steps"])
+    steps = p["clip_steps"]
+    gen = torch.Generator().manual_seed(p["seed"])
+    task = progress.add_task("pretrain tiny CLIP", total=steps)
+    losses = []
+    clip.train()
+    for idx in _batches(n_train, p["clip_batch"], steps, gen):
+        image_features, text_features, logit_scale = clip(normalise_images(pixels[idx]), text[idx])
+        loss = loss_fn(image_features, text_features, logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))  # as open_clip's training loop does
+        losses.append(loss.item())
+        progress.update(task, advance=1, description=f"pretrain tiny CLIP  loss {loss.item():.3f}")
+    clip.eval()
+
+    # image->text retrieval on the held-out images: correct when the retrieved caption's text equals
+    # the image's own (different scenes can share a caption, so those count as right too)
+    held = range(n_train, len(images))
+    with torch.no_grad():
+        img = clip.encode_image(normalise_images(pixels[n_train:]), normalize=True)
+        txt = clip.encode_text(text[n_train:], normalize=True)
+    best = (img @ txt.T).argmax(dim=1).tolist()
+    held_captions = [captions[i] for i in held]
+    accuracy = float(np.mean([held_captions[b] == c for b, c in zip(best, held_captions)]))
+    chance = float(np.mean([held_captions.count(c) / len(held_captions) for c in held_captions]))
+    stats = {
+        "final_loss": float(np.mean(losses[-20:])),
+        "first_loss": losses[0],
+        "logit_scale": clip.logit_scale.exp().item(),
+        "retrieval_top1": accuracy,
+        "retrieval_chance": chance,
+        "eval_images": len(held_captions),
+    }
+    log.info(
+        "tiny CLIP: loss %.3f -> %.3f, held-out image->text top-1 %.3f (chance %.3f, %d images)",
+        stats["first_loss"], stats["final_loss"], accuracy, chance, len(held_captions),
+    )
+    return stats
+
+
+def _pretrain_lm(lm, tokenizer, sentences, p: dict, progress) -> dict[str, Any]:
+    # BART has learned positions up to a maximum length; T5's relative positions have none
+    max_len = getattr(lm.config, "max_position_embeddings", None)
+    ids = tokenizer(sentences, truncation=max_len is not None, max_length=max_len).input_ids
+    family = family_of(lm)  # its objective: BART-style infilling, or next-token prediction
+    rng = np.random.default_rng(p["seed"])
+    gen = torch.Generator().manual_seed(p["seed"])
+
+    opt, sched = adamw_cosine(lm, p["lm_lr"], 0.01, p["lm_steps"])
+    steps = p["lm_steps"]
+    name = f"tiny {lm.config.model_type.upper()}"
+    task = progress.add_task(f"pretrain {name}", total=steps)
+    losses = []
+    lm.train()
+    for idx in _batches(len(ids), p["lm_batch"], steps, gen):
+        batch = family.pretraining_batch([ids[i] for i in idx.tolist()], tokenizer, p["mask_ratio"], rng)
+        loss = lm(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        progress.update(task, advance=1, description=f"pretrain {name}  loss {loss.item():.3f}")
+    lm.eval()
+    stats = {"final_loss": float(np.mean(losses[-20:])), "first_loss": losses[0]}
+    log.info("%s pretraining: loss %.3f -> %.3f", name, stats["first_loss"], stats["final_loss"])
+    return stats
