@@ -446,7 +446,7 @@ def test_paper_data_on_tiny_backbones_config(root, monkeypatch):
     assert default.data.root is None and default.data.features is None  # enough for --dry-run
     with pytest.raises(UserError, match="--backbone: unknown backbone size 'huge'"):
         expand(GridRequest(profile="paper", backbone="huge"))
-    with pytest.raises(UserError, match="--data-root/--features: real data needs --profile paper; tiny is synthetic"):
+    with pytest.raises(UserError, match="--data-root/--features/--images/--clip-weights: real data needs --profile paper; tiny is synthetic"):
         expand(GridRequest(data_root=str(root)))
 
 
@@ -523,3 +523,50 @@ def test_truncated_or_mismatched_features_stop_the_sweep(workdir, root, tmp_path
     result = sweep(root, "--features", str(tmp_path / "rn101"))
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "error: --features:" in message and "2048-d" in message, message
+
+
+def test_clip_trains_on_the_real_image_files_table3(workdir, tmp_path):
+    """Table 3 on the paper profile's data: the model trains its CLIP on the image files (--images),
+    read by the same ids as the feature store; the visual component trains and is counted."""
+    root = tmp_path / "data"
+    write_files(root, FILES)
+    image_ids = build_suite(real_data(root), ALL).image_ids()
+    write_images(root / "images", image_ids)
+    write_features(root / "features" / "tiny", image_ids)
+    common = ["--option", "train_vision=true", "--methods", "full"]
+    missing = sweep(root, *common)
+    assert missing.exit_code == 2 and "--option train_vision: training CLIP on real data reads the images themselves" in " ".join(
+        missing.output.split()
+    )
+    result = sweep(root, *common, "--images", str(root / "images"))
+    assert result.exit_code == 0, result.output
+    store = Store(Store.default_url(workdir / "runs"))
+    (run,) = store.runs()
+    assert run.status == "done" and run.config["data"]["images"] == str(root / "images")
+    assert run.config["method_options"] == {"train_vision": True}
+    (doc,) = store.run_documents(keys=[run.key])
+    assert doc["params"]["components"]["vision"]["trainable"] > 0
+    assert "images" in run.fingerprint
+
+
+def test_missing_image_file_stops_the_sweep(workdir, tmp_path):
+    root = tmp_path / "data"
+    write_files(root, FILES)
+    image_ids = build_suite(real_data(root), ALL).image_ids()
+    write_images(root / "images", [i for i in image_ids if i != "COCO_val2014_000000262148"])
+    write_features(root / "features" / "tiny", image_ids)
+    result = sweep(root, "--option", "train_vision=true", "--methods", "full", "--images", str(root / "images"))
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--images: " in message and "'COCO_val2014_000000262148'" in message
+    assert not Store(Store.default_url(workdir / "runs")).runs()
+
+
+def test_paper_clip_training_needs_its_weights(root):
+    with pytest.raises(UserError, match="RN101 trains from its pretrained weights: give --clip-weights"):
+        expand(GridRequest(profile="paper", methods=("full",), data_root=str(root), images=str(root),
+                           options=(("train_vision", True),)))  # fmt: skip
+    (cfg,) = expand(GridRequest(profile="paper", methods=("full",), data_root=str(root), images=str(root),
+                                clip_weights="openai", options=(("train_vision", True),)))  # fmt: skip
+    assert (cfg.data.images, cfg.data.clip_weights) == (str(root), "openai")
+    with pytest.raises(UserError, match="--data-root/--features/--images/--clip-weights: real data needs --profile paper"):
+        expand(GridRequest(images=str(root)))

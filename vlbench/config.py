@@ -36,6 +36,11 @@ class DataConfig:
     # real data: the data root (layout in vlbench.tasks) and the feature store, absolute paths
     root: str | None = None
     features: str | None = None
+    # real data and a model that trains its CLIP (Table 3): the image files (a folder, ids = file stems,
+    # as `features extract --images` reads them) and the CLIP weights to start from (a file or an
+    # open_clip tag; the tiny backbone's own CLIP needs none)
+    images: str | None = None
+    clip_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class RunConfig:
         """A short stable hash of the canonical JSON of the config."""
         d = self.to_dict()
         # fields added later are left out while unset, so earlier keys stay valid
-        for name in ("root", "features"):
+        for name in ("root", "features", "images", "clip_weights"):
             if d["data"][name] is None:
                 del d["data"][name]
         if not d["optim"]["task_batch_sizes"]:

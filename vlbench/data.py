@@ -1,4 +1,4 @@
-"""From task examples to model batches: tokenised text, gathered image features, targets.
+"""From task examples to model batches: tokenised text, the visual input (vlbench.visual), targets.
 
 What a training item is and which target a visit of it trains on is the task's business
 (`Task.train_items`, `Task.sample_target`); this module only turns them into tensors.
@@ -12,22 +12,23 @@ from dataclasses import dataclass, field
 import torch
 
 from vlbench.tasks.base import Example, Task
-from vlbench.tasks.video import FrameFeatures
+from vlbench.visual import VisualSource, as_visual_source
 
 
 @dataclass
 class TaskData:
     task: Task
     tokenizer: object  # transformers.PreTrainedTokenizerFast
-    # vlbench.features.FeatureTable: image ids -> (n, T, F), or video FrameFeatures; None when `pixels` is given
-    features: object
+    # what the model reads as visual input (vlbench.visual): a VisualSource, or a feature table (image
+    # ids -> (n, T, F)) or video FrameFeatures, which it wraps
+    visual: VisualSource
     examples: dict[str, list[Example]]  # split -> examples
-    pixels: object = None  # image ids -> (n, 3, S, S), for a model that trains its vision encoder (Table 3)
     train_items: list[Example] = field(init=False)
     choice_ids: list[int] = field(init=False)  # first target token of each fixed answer ("choice" decoding)
     _input_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.visual = as_visual_source(self.visual)
         self.train_items = self.task.train_items(self.examples["train"])
         # tokenise every input once per run, not once per batch
         all_examples = self.train_items + self.examples["val"] + self.examples["test"]
@@ -47,13 +48,7 @@ class TaskData:
         ids = [self._input_ids[ex.uid] for ex in examples]
         input_ids, attention_mask = pad([torch.tensor(x) for x in ids], self.tokenizer.pad_token_id)
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-        if self.pixels is not None:
-            batch["pixels"] = torch.stack([self.pixels[list(ex.image_ids)] for ex in examples]).to(device)
-        elif isinstance(self.features, FrameFeatures):  # video: (B, T, F) frames, padding masked out
-            feats, frame_mask = self.features.clips([ex.image_ids[0] for ex in examples])
-            batch["feats"], batch["frame_mask"] = feats.to(device), frame_mask.to(device)
-        else:  # (B, n_img, T, F)
-            batch["feats"] = torch.stack([self.features[list(ex.image_ids)] for ex in examples]).to(device)
+        batch.update({k: v.to(device) for k, v in self.visual.batch(examples).items()})
         return batch
 
     def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
@@ -66,17 +61,6 @@ class TaskData:
         else:
             out = model.generate(batch, num_beams=1, max_new_tokens=self.task.max_target_tokens + 2)
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-
-
-class RenderedPixels:
-    """image ids -> (n, 3, S, S) CLIP-normalised pixels, rendered on demand (a model that trains CLIP needs them)."""
-
-    def __init__(self, render, preprocess):
-        self.render = render  # image id -> uint8 HxWx3
-        self.preprocess = preprocess  # list of images -> normalised tensor
-
-    def __getitem__(self, image_ids: list[str]) -> torch.Tensor:
-        return self.preprocess([self.render(i) for i in image_ids])
 
 
 def pad(seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:

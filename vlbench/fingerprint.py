@@ -86,6 +86,11 @@ def _input_parts(cfg: RunConfig) -> dict[str, str]:
         else:  # video: VALUE's frame features, <root>/<video id>.npz
             frames = sorted(root.glob("*.npz"))
             parts["features"] = f"{len(frames)} frame files {listing(frames)}"
+        if cfg.data.images is not None:  # a model that trains CLIP reads the image files (names and sizes)
+            images = sorted(p for p in Path(cfg.data.images).rglob("*") if p.is_file())
+            parts["images"] = f"{len(images)} files {listing(images)}" + (
+                f", CLIP weights {cfg.data.clip_weights}" if cfg.data.clip_weights else ""
+            )
     else:
         from vlbench.tasks import scenes
         from vlbench.tasks.video import SyntheticClipBank

@@ -83,6 +83,8 @@ class GridRequest:
     backbone: str | None = None  # backbone size, a profile name (tiny | paper); None: the profile's own
     data_root: str | None = None  # real data: the data root; None: $VLBENCH_DATA_ROOT
     features: str | None = None  # real data: the feature store; None: <data root>/features/<CLIP model>
+    images: str | None = None  # real data, a model training CLIP: the image folder
+    clip_weights: str | None = None  # real data, the paper CLIP training: its weights (file or open_clip tag)
     options: tuple[tuple[str, Any], ...] = ()  # method knobs (--option key=value), applied to every method that has them
 
 
@@ -126,11 +128,7 @@ def expand(req: GridRequest) -> list[RunConfig]:
         options = {**sized.method_options.get(name, {}), **{k: v for k, v in req.options if k in method.option_names()}}
         parsed = method.parse_options(options)  # each value checked against the method's Options
         if getattr(parsed, "train_vision", False):
-            if req.suite != "image-text" or data.source != "synthetic":
-                raise UserError(
-                    "--option train_vision: training CLIP needs the images themselves; only the synthetic "
-                    "image-text suite renders them (real data and video are read as precomputed features)"
-                )
+            check_vision_training(req, data, backbone)
         else:
             options.pop("vision_lr", None)  # a knob of the CLIP being trained: without one it must not split jobs
         # a method without sharing modes or hidden dim collapses those axes to one job
@@ -209,9 +207,17 @@ def data_config(req: GridRequest, profile: Profile, backbone: str) -> DataConfig
     """The profile's data with the requested caps; real data also gets its root and feature store."""
     data = replace_set(profile.data, n_train=req.n_train, n_val=req.n_val, n_test=req.n_test)
     if data.source != "real":
-        if req.data_root is not None or req.features is not None:
-            raise UserError(f"--data-root/--features: real data needs --profile paper; {profile.name} is synthetic")
+        if any(v is not None for v in (req.data_root, req.features, req.images, req.clip_weights)):
+            raise UserError(
+                f"--data-root/--features/--images/--clip-weights: real data needs --profile paper; {profile.name} is synthetic"
+            )
         return data
+    images = str(Path(req.images).resolve()) if req.images is not None else None
+    # a weights file by its absolute path; an open_clip tag ("openai") as given
+    weights = req.clip_weights
+    if weights is not None and Path(weights).exists():
+        weights = str(Path(weights).resolve())
+    data = dataclasses.replace(data, images=images, clip_weights=weights)
     root = req.data_root or os.environ.get(DATA_ROOT_ENV) or None
     if root is None:  # enough for --dry-run; a sweep stops before training, naming --data-root
         return data
@@ -222,6 +228,26 @@ def data_config(req: GridRequest, profile: Profile, backbone: str) -> DataConfig
     features = req.features or default_features(root, backbone)
     # absolute, so a config (and its key) names the same files from any working directory
     return dataclasses.replace(data, root=str(Path(root).resolve()), features=str(Path(features).resolve()))
+
+
+def check_vision_training(req: GridRequest, data: DataConfig, backbone: str) -> None:
+    """A model that trains CLIP (Table 3) reads images: rendered (synthetic) or files (--images)."""
+    from vlbench.backbones import BACKBONES
+
+    if req.suite != "image-text":
+        raise UserError("--option train_vision: video-text reads precomputed frame features; CLIP trains on image-text only")
+    if data.source != "real":
+        return
+    if data.images is None:
+        raise UserError(
+            "--option train_vision: training CLIP on real data reads the images themselves: give --images DIR "
+            "(the folder `vlbench features extract --images` reads)"
+        )
+    if "name" in BACKBONES[backbone].clip and data.clip_weights is None:
+        raise UserError(
+            f"--option train_vision: {BACKBONES[backbone].clip['name']} trains from its pretrained weights: give "
+            "--clip-weights FILE (or an open_clip tag such as openai)"
+        )
 
 
 def default_features(root: str, backbone: str) -> Path:

@@ -40,7 +40,7 @@ from vlbench.backbones import Backbones, BackboneSpec, load_backbones
 from vlbench.baselines import BASELINES, is_baseline
 from vlbench.checkpoint import CheckpointPolicy, has_checkpoint, remove_checkpoint
 from vlbench.config import OptimConfig, RunConfig, UserError
-from vlbench.data import RenderedPixels, TaskData
+from vlbench.data import TaskData
 from vlbench.engine import Interrupted, train
 from vlbench.execution import (
     ExecutionOptions,
@@ -53,7 +53,7 @@ from vlbench.execution import (
     stop_workers,
     use_threads,
 )
-from vlbench.features import FeatureStore, image_features, open_feature_store
+from vlbench.features import FeatureStore, image_features, image_files, load_encoder, open_feature_store
 from vlbench.files import atomic_write
 from vlbench.fingerprint import digest, first_difference, scoring_only
 from vlbench.fingerprint import fingerprints as fingerprints_of
@@ -65,6 +65,7 @@ from vlbench.params import count_for_config, count_parameters
 from vlbench.store import ClaimError, OwnershipError, Store
 from vlbench.tasks import ALL_TASKS, Suite, build_suite
 from vlbench.tasks.video_resources import video_resources
+from vlbench.visual import Pixels, as_visual_source, image_file_reader
 from vlbench.trackers import default_mlflow_uri, open_trackers
 
 # what stops a run at its next step; USR2 is Slurm's (submitit's) warning before a time limit or preemption
@@ -92,6 +93,7 @@ class Resources:
     backbones: Backbones
     suite: object  # vlbench.tasks.Suite
     features: object  # vlbench.features.FeatureTable
+    images: dict | None = None  # real data for a model that trains CLIP: image id -> its file (--images)
 
 
 @dataclass(frozen=True)
@@ -520,7 +522,25 @@ def build_real_resources(cfg: RunConfig, cache_dir: Path, progress: Progress) ->
             f"the {cfg.backbone} backbone needs a square grid of its CLIP's {backbones.feat_dim}-d features "
             "(extract them with that CLIP: vlbench features extract)"
         )
-    return Resources(backbones, suite, features)
+    images = None
+    if cfg.data.images is not None:  # Table 3: CLIP trains, reading the image files
+        images = check_images(suite, image_files(Path(cfg.data.images)), cfg.data.images)
+        if backbones.vision is None:  # the paper's CLIP is not loaded for features: load it to train it
+            encoder = load_encoder(backbones.spec.clip["name"], cfg.data.clip_weights, False, cache_dir, progress)
+            backbones = replace(backbones, vision=encoder.vision, image_size=encoder.image_size)
+    return Resources(backbones, suite, features, images)
+
+
+def check_images(suite: Suite, files: dict[str, Path], folder: str) -> dict[str, Path]:
+    """The image files of every example's images, or a UserError naming the folder and an example."""
+    missing = set(suite.image_ids()) - set(files)
+    if missing:
+        task, split, uid, image_id = suite.first_use(missing)
+        raise UserError(
+            f"--images: {folder} has no file for {len(missing)} of the {len(suite.image_ids())} images, "
+            f"e.g. {image_id!r} ({task} {split} example {uid})"
+        )
+    return files
 
 
 def check_features(suite: Suite, features: FeatureStore) -> None:
@@ -557,11 +577,17 @@ def plan_table(configs: list[RunConfig]) -> Table:
 
 def task_data(cfg: RunConfig, res: Resources, model: VLModel) -> dict[str, TaskData]:
     """The run's per-task data, as training and evaluation see it."""
-    # a model that trains CLIP (Table 3) sees the rendered images, not the frozen features
-    pixels = RenderedPixels(res.suite.bank.render, res.backbones.preprocess) if model.vision is not None else None
-    return {
-        t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, res.features, res.suite.examples[t], pixels) for t in cfg.tasks
-    }
+    visual = visual_source(res, model)
+    return {t: TaskData(ALL_TASKS[t], res.backbones.tokenizer, visual, res.suite.examples[t]) for t in cfg.tasks}
+
+
+def visual_source(res: Resources, model: VLModel):
+    """What the run's model reads: the frozen features, or, for a model that trains CLIP (Table 3), the
+    images themselves (rendered scenes, or the real image files)."""
+    if model.vision is None:
+        return as_visual_source(res.features)
+    image = res.suite.bank.render if res.images is None else image_file_reader(res.images)
+    return Pixels(image, res.backbones.preprocess)
 
 
 def train_run(
