@@ -104,8 +104,7 @@ class VLModel(nn.Module):
 
     def query_value_projections(self) -> list[tuple[str, nn.Linear, nn.Linear]]:
         """(attention site name, query projection, value projection) of every attention module."""
-        q, v = self.family.query_value
-        return [(name, getattr(attn, q), getattr(attn, v)) for name, attn in self.attention_modules()]
+        return [(name, *self.family.query_value_of(attn)) for name, attn in self.attention_modules()]
 
     def layer_norms(self) -> list[nn.Module]:
         return [m for m in self.lm.modules() if isinstance(m, self.family.norm)]

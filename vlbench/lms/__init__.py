@@ -14,6 +14,8 @@ FAMILIES: dict[str, type[LMFamily]] = {
     "llama": CausalFamily,
     "qwen2": CausalFamily,
     "mistral": CausalFamily,
+    "opt": CausalFamily,
+    "gpt2": CausalFamily,
 }
 
 

@@ -40,6 +40,11 @@ class LMFamily:
     def layers(self, stack: str) -> nn.ModuleList:
         raise NotImplementedError
 
+    def query_value_of(self, attention: nn.Module) -> tuple:
+        """The query and value projections LoRA adapts in one attention module (by `query_value` names)."""
+        q, v = self.query_value
+        return getattr(attention, q), getattr(attention, v)
+
     def sublayers(self):
         raise NotImplementedError
 
