@@ -154,6 +154,12 @@ def sweep_image_text(
     features: Optional[str] = typer.Option(
         None, help="paper profile: the CLIP feature store [default: <data root>/features/<CLIP model>]"
     ),
+    images: Optional[str] = typer.Option(
+        None, help="real data, a model that trains CLIP (--option train_vision=true): the folder of the tasks' image files"
+    ),
+    clip_weights: Optional[str] = typer.Option(
+        None, "--clip-weights", help="real data, CLIP RN101 training: its weights to start from (a file or an open_clip tag)"
+    ),
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name [default: <suite>-<profile>]"),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the resolved jobs and exit"),
@@ -203,7 +209,7 @@ def sweep_video_text(**options):
 
 def sweep_suite(
     suite: str, *, profile, lm, lm_weights, methods, preset, sharing, hidden_dims, seeds, epochs, lr, precision, batch_size, n_train, n_val,
-    n_test, option, backbone, data_root, features, sweep_name, db, dry_run, backend, workers, nproc_per_run,
+    n_test, option, backbone, data_root, features, images, clip_weights, sweep_name, db, dry_run, backend, workers, nproc_per_run,
     checkpoint_every, log_every, keep_checkpoints, retry_failed, rescore, wait, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
     slurm_array_parallelism, slurm_extra, slurm_max_requeues, log_to, mlflow_uri,
 ) -> None:
@@ -246,6 +252,8 @@ def sweep_suite(
             backbone=backbone,
             data_root=data_root,
             features=features,
+            images=images,
+            clip_weights=clip_weights,
         )
         configs = expand(request)
         if dry_run:
