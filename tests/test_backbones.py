@@ -172,6 +172,9 @@ SMALL_LM = {
                  encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256),
     # T5's table is longer than its tokenizer (t5-base: 32128 rows, 32100 tokens)
     "t5": dict(d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=2, decoder_start_token_id=0),
+    # a LLaMA-style decoder-only LM with a byte-level BPE tokenizer (BART's, as any causal LM may bring its own)
+    "causal": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                   bos_token_id=0, pad_token_id=1, eos_token_id=2, tie_word_embeddings=True),
 }
 
 
@@ -181,9 +184,12 @@ def lm_folders(tmp_path_factory):
     from transformers import T5Config, T5ForConditionalGeneration
 
     folders = {}
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     for lm_type, (config_class, model_class) in {"bart": (BartConfig, BartForConditionalGeneration),
-                                                 "t5": (T5Config, T5ForConditionalGeneration)}.items():
-        tokenizer = trained_tokenizer(lm_type)
+                                                 "t5": (T5Config, T5ForConditionalGeneration),
+                                                 "causal": (LlamaConfig, LlamaForCausalLM)}.items():
+        tokenizer = trained_tokenizer("t5" if lm_type == "t5" else "bart")
         vocab_size = len(tokenizer) + (5 if lm_type == "t5" else 0)
         torch.manual_seed(0)
         lm = model_class(config_class(vocab_size=vocab_size, **SMALL_LM[lm_type]))
@@ -194,7 +200,7 @@ def lm_folders(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("name", ["paper", "paper-t5", "paper-video"])
+@pytest.mark.parametrize("name", ["paper", "paper-t5", "paper-video", "paper-causal"])
 def test_paper_lm_loads_from_a_local_folder(name, lm_folders, tmp_path, monkeypatch):
     from vlbench.config import RunConfig
     from vlbench.sweep import build_model
@@ -215,7 +221,8 @@ def test_paper_lm_loads_from_a_local_folder(name, lm_folders, tmp_path, monkeypa
             assert torch.equal(got[key].narrow(dim, 0, value.shape[dim]), value), key
         else:
             assert torch.equal(got[key], value), key
-    vocab_size = saved["shared.weight" if spec.lm_type == "t5" else "model.shared.weight"].shape[0]
+    embeddings = {"t5": "shared.weight", "bart": "model.shared.weight", "causal": "model.embed_tokens.weight"}
+    vocab_size = saved[embeddings[spec.lm_type]].shape[0]
     assert loaded.lm.get_input_embeddings().num_embeddings == loaded.lm.config.vocab_size == vocab_size + 200
     assert all(p.dtype == torch.float32 for p in loaded.lm.parameters()) and not loaded.lm.training
     tok = loaded.tokenizer
