@@ -70,7 +70,7 @@ def test_text_only_pass_equals_the_plain_transformers_model(kind):
     lengths = [7, 5, 3]
     rows = [family.embed_text(ids[b, :n]) for b, n in enumerate(lengths)]
     for left in (True, False):
-        hidden, mask, _ = family.hidden_states(rows, left=left)
+        hidden = family.hidden_states(rows, left=left)
         ours = model.lm.get_output_embeddings()(hidden)
         for b, n in enumerate(lengths):
             plain = model.lm(input_ids=ids[b : b + 1, :n]).logits[0]

@@ -141,20 +141,18 @@ class CausalFamily(LMFamily):
             rows.append(torch.cat(parts))
         return rows
 
-    def hidden_states(self, rows: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rows padded into one batch (left or right): the LM's last hidden states, the mask and
-        the input embeddings."""
+    def hidden_states(self, rows: list[torch.Tensor], left: bool) -> torch.Tensor:
+        """The LM's last hidden states (B, S, d) of the rows padded into one batch, on the left or right."""
         embeds, mask = pad(rows, left)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state, mask, embeds
+        return self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
 
     def losses(self, model, batch):
         labels = batch["labels"]
         prompts = self.prompts(model, batch)
         embed = self.lm.get_input_embeddings()
         targets = [embed(row[row != -100]) for row in labels]
-        hidden, _, _ = self.hidden_states([torch.cat([p, t]) for p, t in zip(prompts, targets)], left=False)
+        hidden = self.hidden_states([torch.cat([p, t]) for p, t in zip(prompts, targets)], left=False)
         # target token k of example b is predicted by the hidden state just before it
         length = labels.shape[1]
         starts = torch.tensor([len(p) - 1 for p in prompts], device=hidden.device)
@@ -177,7 +175,7 @@ class CausalFamily(LMFamily):
         if bos is not None:  # targets read `<s> answer </s>`: the choice is the token after <s>
             start = self.lm.get_input_embeddings()(torch.tensor([bos], device=rows[0].device))
             rows = [torch.cat([r, start]) for r in rows]
-        hidden, _, _ = self.hidden_states(rows, left=True)
+        hidden = self.hidden_states(rows, left=True)
         return self.lm.get_output_embeddings()(hidden[:, -1])[:, choice_ids]
 
     def pretraining_batch(self, sentences, tokenizer, mask_ratio, rng):
