@@ -31,7 +31,6 @@ import h5py
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -39,6 +38,7 @@ from vlbench.backbones import Backbones, GridEncoder, load_backbones, preprocess
 from vlbench.pretrain import recipe_key
 from vlbench.config import UserError
 from vlbench.files import atomic_write
+from vlbench.visual import read_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -394,11 +394,7 @@ def image_files(root: Path) -> dict[str, Path]:
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """One image file -> (1, 3, size, size) CLIP input: RGB, bicubic resize to size x size (no aspect keep)."""
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL: not an image, truncated, unsupported, huge
-        raise UserError(f"cannot read image {path} ({e}); fix or remove it and run again (finished images are kept)") from None
+    rgb = read_rgb(path, advice="; fix or remove it and run again (finished images are kept)")
     return preprocess_images([rgb], size)
 
 

@@ -56,18 +56,19 @@ class Pixels:
         return {"pixels": torch.stack([self.preprocess([self.image(i) for i in ex.image_ids]) for ex in examples])}
 
 
+def read_rgb(path: Path, prefix: str = "", advice: str = "") -> np.ndarray:
+    """An image file's RGB pixels (uint8 H x W x 3); a UserError `<prefix>cannot read image <path>
+    (<why>)<advice>` where PIL cannot (not an image, truncated, unsupported, huge)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{prefix}cannot read image {path} ({e}){advice}") from None
+
+
 def image_file_reader(files: dict[str, Path]) -> Callable[[str], np.ndarray]:
     """Image id -> its file's RGB pixels (`files`: vlbench.features.image_files of an image folder)."""
-
-    def read(image_id: str) -> np.ndarray:
-        path = files[image_id]
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UserError(f"--images: cannot read image {path} ({e})") from None
-
-    return read
+    return lambda image_id: read_rgb(files[image_id], prefix="--images: ")
 
 
 def as_visual_source(visual) -> VisualSource:
