@@ -41,7 +41,7 @@ from vlbench.live import describe
 from vlbench.plot import (
     CURVE_METRICS, FAMILY_COLORS, METHOD_STYLES, SHARING_STYLES, TASK_CHOICES, X_AXES, score_label, tradeoff_data,
 )  # fmt: skip
-from vlbench.report import TABLES, TASK_HEADERS, belongs, build_table, cells, config_without_seed, disambiguate
+from vlbench.report import TABLES, TASK_HEADERS, build_table, cells, disambiguate, row_groups
 from vlbench.store import COST_KEYS, RunRecord, Store
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -184,11 +184,7 @@ def table1_groups(store: Store, sweep: str | None = None, profile: str | None = 
     """Table 1's rows as their runs: (row label, hidden dim) -> the seeds of that config, labelled as
     build_table labels them (the same grouping, and the same disambiguation of rows that read alike)."""
     spec = TABLES[1]
-    groups: dict[str, list[RunRecord]] = {}
-    for r in store.runs(sweep=sweep, status="done", profile=profile, suite=spec.suite):
-        if belongs(r, spec):
-            groups.setdefault(config_without_seed(r), []).append(r)
-    ordered = list(groups.values())
+    ordered = row_groups(store, spec, sweep=sweep, profile=profile)
     rows = [{"method": spec.label(g[0].method, g[0].sharing, g[0].config.get("method_options", {})),
              "hidden_dim": g[0].hidden_dim} for g in ordered]  # fmt: skip
     disambiguate(rows, ordered)

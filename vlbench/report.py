@@ -165,12 +165,8 @@ def build_table(
             raise UserError(f"--lm: unknown language model '{lm}' (choose from {', '.join(families)})")
     if lm is not None and lm != spec.lm:
         spec = dataclasses.replace(spec, lm=lm, title=f"{spec.title} rows on --lm {lm}", sweep_hint=f"{spec.sweep_hint} --lm {lm}")
-    statuses = ("done", "superseded") if include_superseded else ("done",)
-    runs = [
-        r for status in statuses for r in store.runs(sweep=sweep, status=status, profile=profile, suite=spec.suite)
-        if belongs(r, spec)
-    ]  # fmt: skip
-    if not runs:
+    groups = row_groups(store, spec, sweep, profile, include_superseded)
+    if not groups:
         where = " ".join(f"--{k} {v}" for k, v in (("sweep", sweep), ("profile", profile)) if v)
         raise UserError(
             f"no finished runs for table {number} ({spec.title}){' with ' + where if where else ''}; "
@@ -180,12 +176,8 @@ def build_table(
     scores = scores[scores["name"] == "score"]
     per_run = {rid: dict(zip(g["task"], g["value"] * 100)) for rid, g in scores.groupby("run_id")}
 
-    groups: dict[str, list[RunRecord]] = {}
-    for r in runs:  # seeds of one config average; superseded runs only with those of the same fingerprint
-        generation = json.dumps(r.fingerprint, sort_keys=True) if r.status == "superseded" else ""
-        groups.setdefault((config_without_seed(r), generation), []).append(r)
-    rows = [summarise(spec, group, per_run, cost) for group in groups.values()]
-    disambiguate(rows, list(groups.values()))
+    rows = [summarise(spec, group, per_run, cost) for group in groups]
+    disambiguate(rows, groups)
     if compare_paper:
         add_paper_columns(spec, rows)
     rows.sort(key=lambda row: row.pop("_order"))
@@ -204,13 +196,28 @@ def build_table(
         columns += [(k, h) for k, h in COST_COLUMNS.items() if k != "peak_reserved_mb" or reserved]
 
     notes = ["Test split, x100 (accuracy %, CIDEr x100); mean ± sample std over seeds where seeds > 1."]
-    profiles = sorted({r.profile for r in runs})
+    profiles = sorted({r.profile for group in groups for r in group})
     if compare_paper:
         notes.append(
             f"paper: VL-Adapter (CVPR 2022) Table {number}, on the real datasets; these runs: profile "
             f"{', '.join(profiles)}" + (" (synthetic data and tiny models: compare trends, not values)" if "tiny" in profiles else "")
         )
     return ReportTable(spec, rows, columns, score_keys, notes)
+
+
+def row_groups(
+    store: Store, spec: TableSpec, sweep: str | None = None, profile: str | None = None, include_superseded: bool = False
+) -> list[list[RunRecord]]:
+    """The finished runs of the table's rows, one list per row: the seeds of one config together
+    (superseded runs only with those of the same fingerprint)."""
+    statuses = ("done", "superseded") if include_superseded else ("done",)
+    groups: dict[tuple, list[RunRecord]] = {}
+    for status in statuses:
+        for r in store.runs(sweep=sweep, status=status, profile=profile, suite=spec.suite):
+            if belongs(r, spec):
+                generation = json.dumps(r.fingerprint, sort_keys=True) if r.status == "superseded" else ""
+                groups.setdefault((config_without_seed(r), generation), []).append(r)
+    return list(groups.values())
 
 
 def belongs(run: RunRecord, spec: TableSpec) -> bool:
