@@ -17,6 +17,15 @@ class UserError(Exception):
     """A mistake in what the user asked for: reported as one line, never as a traceback."""
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """'Type: first line of the message', at most `limit` characters (for a stored or shown error)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    if len(lines) > 1:
+        text += " [...]"
+    return text if len(text) <= limit else text[: limit - 5] + "[...]"
+
+
 IMAGE_TEXT_TASKS = ("vqa", "gqa", "nlvr", "caption")
 VIDEO_TEXT_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from vlbench.config import one_line
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -134,7 +136,7 @@ def _rank_main(fn: Callable, threads: int, folder: str, *args: Any) -> Any:
     try:
         return fn(*args)
     except BaseException as e:
-        record = {"rank": rank, "time": time.time(), "error": _one_line(e), "where": _innermost_frame(e)}
+        record = {"rank": rank, "time": time.time(), "error": one_line(e), "where": _innermost_frame(e)}
         _write_json(Path(folder) / f"rank{rank}.json", record)
         raise
     finally:
@@ -288,15 +290,6 @@ def root_cause(folder: Path, failures: dict[int, Any]) -> tuple[int, str]:
     if not message or failure.exitcode >= 0 and "pytorch.org/docs" in str(message):
         message = f"exit code {failure.exitcode}"
     return rank, str(message)
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """'Type: first line of the message', at most `limit` characters."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    if len(lines) > 1:
-        text += " [...]"
-    return text if len(text) <= limit else text[: limit - 5] + "[...]"
 
 
 def _innermost_frame(e: BaseException) -> str:

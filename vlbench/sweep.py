@@ -39,7 +39,7 @@ from vlbench import backbones as backbone_registry
 from vlbench.backbones import Backbones, BackboneSpec, load_backbones
 from vlbench.baselines import BASELINES, is_baseline
 from vlbench.checkpoint import CheckpointPolicy, has_checkpoint, remove_checkpoint
-from vlbench.config import OptimConfig, RunConfig, UserError
+from vlbench.config import OptimConfig, RunConfig, UserError, one_line
 from vlbench.data import TaskData
 from vlbench.engine import Interrupted, train
 from vlbench.execution import (
@@ -415,11 +415,6 @@ def new_run_folder(sweep_dir: Path, key: str, today: dict[str, str]) -> Path:
 def _unless_taken_over():
     """Writes to a run that another process reclaimed meanwhile (this one was presumed dead) are dropped."""
     return contextlib.suppress(OwnershipError)
-
-
-def one_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def resources_for(cfg: RunConfig, resources: dict, ctx: SweepContext, progress: Progress | None = None) -> Resources:
