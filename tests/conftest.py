@@ -29,6 +29,7 @@ FAST_BACKBONE = dataclasses.replace(
         clip_steps=3,
         clip_batch=16,
         clip_lr=3e-3,
+        grounded_repeats=1,
         lm_steps=3,
         lm_batch=16,
         lm_lr=2e-3,

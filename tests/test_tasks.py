@@ -7,7 +7,7 @@ import pytest
 
 from vlbench.config import DataConfig, UserError
 from vlbench.tasks import SPLITS, TASKS, build_suite
-from vlbench.tasks.scenes import pretraining_corpus, render, text_corpus
+from vlbench.tasks.scenes import described_scenes, grounded_corpus, pretraining_corpus, render, text_corpus
 
 ALL = tuple(TASKS)
 
@@ -21,7 +21,7 @@ def test_default_suite_is_fast_and_bounded(suite):
     start = time.perf_counter()
     build_suite(DataConfig(), ALL)
     assert time.perf_counter() - start < 2.0
-    assert len(suite.image_ids()) < 4000
+    assert len(suite.image_ids()) < 6000  # 5067 at 1200 / 150 / 1000 examples per task
     for task, splits in suite.examples.items():
         for split in SPLITS:
             assert len(splits[split]) == getattr(DataConfig(), f"n_{split}")
@@ -124,6 +124,28 @@ def test_text_corpus_covers_every_word(suite):
                 for text in (TASKS[task].input_text(e),) + e.targets + e.answers:
                     suite_words.update(text.split())
     assert suite_words <= corpus_words
+
+
+def test_grounded_corpus_answers_from_the_described_scene():
+    """Each grounded sentence is a QA example, its scenes in the tokenizer's words, and its answer; the
+    scenes are not the fine-tuning splits' (another data seed)."""
+    sentences = grounded_corpus(40, seed=0)
+    assert len(sentences) == 3 * 40  # vqa, gqa, nlvr; captions are in text_corpus already
+    corpus_words = {w for sentence in text_corpus(200, seed=99) for w in sentence.split()}
+    assert {w for s in sentences for w in s.split()} <= corpus_words
+    data = DataConfig(seed=1000, n_train=40, n_val=0, n_test=0, image_size=8)
+    grounded = build_suite(data, ("vqa", "gqa", "nlvr"))
+    fine_tuning = build_suite(DataConfig(seed=0, n_train=40, n_val=0, n_test=0, image_size=8), ("vqa",))
+    expected = []
+    for task in ("vqa", "gqa", "nlvr"):
+        for e in grounded.examples[task]["train"]:
+            words = described_scenes([grounded.bank.scene(i) for i in e.image_ids])
+            expected.append(f"{TASKS[task].prefix}{e.text} {words} {e.targets[0]}")
+    assert sentences == expected
+    assert set(grounded.bank.scenes.values()) != set(fine_tuning.bank.scenes.values())
+    # a pair as NLVR2's statements name its images; one scene left to right
+    nlvr = next(s for s in sentences if s.startswith("nlvr: "))
+    assert " left image a " in nlvr and " right image a " in nlvr
 
 
 def test_text_only_baseline_is_near_chance(suite):

@@ -125,7 +125,10 @@ TINY_PRETRAIN = dict(
     clip_steps=350,
     clip_batch=128,  # large batches hold same-colour negatives, so shape must be learned
     clip_lr=3e-3,
-    lm_steps=600,
+    # the LM's corpus: text_corpus plus grounded_corpus (QA over scenes in words) repeated 3 times,
+    # about half of what it reads; 1500 steps (~1.5 passes) where text_corpus alone took 600
+    grounded_repeats=3,
+    lm_steps=1500,
     lm_batch=64,
     lm_lr=2e-3,
     mask_ratio=0.3,  # fraction of tokens hidden by text infilling

@@ -31,13 +31,13 @@ from vlbench.backbones import BackboneSpec, add_vis_rows, build_clip, build_toke
 from vlbench.engine import decay_groups, warmup_schedule
 from vlbench.lms import family_of
 from vlbench.tasks import TASKS, scenes
-from vlbench.tasks.scenes import pretraining_corpus, text_corpus
+from vlbench.tasks.scenes import grounded_corpus, pretraining_corpus, text_corpus
 
 log = logging.getLogger(__name__)
 
 
 # bump when the tiny pretraining code changes what it produces (the recipe's numbers are in the spec)
-PRETRAIN_RECIPE_VERSION = 1
+PRETRAIN_RECIPE_VERSION = 2  # 2: the LM also reads the grounded corpus
 
 
 def recipe_key(spec: BackboneSpec) -> str:
@@ -100,7 +100,9 @@ def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
 
             t0 = time.perf_counter()
             lm = lm_from_spec(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
-            lm_stats = _pretrain_lm(lm, tokenizer, sentences, p, prog)
+            # the tokenizer and CLIP read only text_corpus; the LM also the grounded QA, repeated
+            grounded = grounded_corpus(p["text_examples"], p["seed"]) * p["grounded_repeats"]
+            lm_stats = _pretrain_lm(lm, tokenizer, sentences + grounded, p, prog)
             add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to the pretrained LM
             t_lm = time.perf_counter() - t0
 

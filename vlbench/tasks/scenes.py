@@ -176,3 +176,32 @@ def text_corpus(n: int, seed: int) -> list[str]:
             sentences.append(TASKS[name].prefix + example.text)
             sentences.extend(dict.fromkeys(example.targets + example.answers))
     return sentences
+
+
+def described_scenes(scenes: list[Scene]) -> str:
+    """The example's images in words: one scene left to right, or a pair as NLVR2's statements name them."""
+    if len(scenes) == 1:
+        return _listing(scenes[0].objects)
+    left, right = scenes
+    return f"left image {_listing(left.objects)} right image {_listing(right.objects)}"
+
+
+def grounded_corpus(n: int, seed: int) -> list[str]:
+    """Question answering over scenes given in words: each QA example's input, then its images
+    described left to right, then its answer (e.g. "vqa: is there a red circle? a red circle and a blue
+    square yes"). The tiny LM's stand-in for what a large LM knows about language before it sees an
+    image; the scenes come from a suite of another seed than the fine-tuning splits' (seed + 1000).
+    """
+    from vlbench.config import DataConfig
+    from vlbench.tasks import TASKS, build_suite  # tasks are built on this module: import late
+
+    data = DataConfig(seed=seed + 1000, n_train=n, n_val=0, n_test=0, image_size=8)
+    suite = build_suite(data, tuple(TASKS))
+    sentences = []
+    for name, splits in suite.examples.items():
+        if TASKS[name].decode == "beam":  # captions are descriptions already (text_corpus has them)
+            continue
+        for example in splits["train"]:
+            scenes = [suite.bank.scene(i) for i in example.image_ids]
+            sentences.append(f"{TASKS[name].prefix}{example.text} {described_scenes(scenes)} {example.targets[0]}")
+    return sentences
