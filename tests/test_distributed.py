@@ -134,7 +134,7 @@ def test_two_processes_equal_one(tmp_path, capsys):
             f"max trained-weight difference {weight_diff:.2e}; 1 process {one['seconds']:.1f}s, 2 processes "
             f"{two['seconds']:.1f}s; test scores (both) { {t: round(m['score'], 4) for t, m in one['test'].items()} }"
         )
-    assert ones["full"]["test"]["caption"]["CIDEr"] > 0  # the metrics compared are not all zero
+    assert any(m["score"] > 0 for m in ones["full"]["test"].values())  # the metrics compared are not all zero
     two = ranks[0]["plain"]["adapter"]
     # a stop asked by rank 1 alone stopped both ranks at the same step; the resumed DDP run is exact
     assert ranks[0]["stopped"] == ranks[1]["stopped"] == (1, stop_step)
