@@ -42,7 +42,8 @@ PRETRAIN_RECIPE_VERSION = 2  # 2: the LM also reads the grounded corpus
 
 def recipe_key(spec: BackboneSpec) -> str:
     """What a tiny backbone is made from: its spec, the pretraining code, and the versions of the scenes
-    and task generators that write its corpus (text_corpus) and its CLIP's images and captions."""
+    and task generators that write its corpora (text_corpus, grounded_corpus) and its CLIP's images
+    and captions."""
     parts = {"spec": spec.key(), "recipe": PRETRAIN_RECIPE_VERSION, "scenes": scenes.VERSION,
              "tasks": {name: task.version for name, task in TASKS.items()}}  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
