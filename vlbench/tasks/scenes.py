@@ -157,17 +157,24 @@ def pretraining_corpus(n_images: int, image_size: int, seed: int) -> tuple[list[
     return images, texts
 
 
+def _training_suite(n: int, seed: int):
+    """A suite of every image-text task with n training examples each and no other split (its
+    images are never rendered, so their size is nominal)."""
+    from vlbench.config import DataConfig
+    from vlbench.tasks import TASKS, build_suite  # tasks are built on this module: import late
+
+    return build_suite(DataConfig(seed=seed, n_train=n, n_val=0, n_test=0, image_size=8), tuple(TASKS))
+
+
 def text_corpus(n: int, seed: int) -> list[str]:
     """Sentences covering every word the suite can produce (tokenizer training, BART denoising).
 
     Samples n examples per task and split from a suite built with `seed`, and lists each example's
     prefixed input, targets and answers, plus one sentence naming every colour, shape and number.
     """
-    from vlbench.config import DataConfig
-    from vlbench.tasks import TASKS, build_suite  # tasks are built on this module: import late
+    from vlbench.tasks import TASKS  # tasks are built on this module: import late
 
-    data = DataConfig(seed=seed, n_train=n, n_val=0, n_test=0, image_size=8)
-    suite = build_suite(data, tuple(TASKS))
+    suite = _training_suite(n, seed)
     vocabulary = list(COLORS) + list(SHAPES) + [s + "s" for s in SHAPES] + list(NUMBER_WORDS)
     vocabulary += [str(i) for i in range(MAX_OBJECTS + 1)] + ["yes", "no", "true", "false"]
     sentences = [" ".join(vocabulary)]
@@ -192,11 +199,9 @@ def grounded_corpus(n: int, seed: int) -> list[str]:
     square yes"). The tiny LM's stand-in for what a large LM knows about language before it sees an
     image; the scenes come from a suite of another seed than the fine-tuning splits' (seed + 1000).
     """
-    from vlbench.config import DataConfig
-    from vlbench.tasks import TASKS, build_suite  # tasks are built on this module: import late
+    from vlbench.tasks import TASKS  # tasks are built on this module: import late
 
-    data = DataConfig(seed=seed + 1000, n_train=n, n_val=0, n_test=0, image_size=8)
-    suite = build_suite(data, tuple(TASKS))
+    suite = _training_suite(n, seed + 1000)
     sentences = []
     for name, splits in suite.examples.items():
         if TASKS[name].decode == "beam":  # captions are descriptions already (text_corpus has them)
