@@ -50,7 +50,7 @@ import torch
 
 from vlbench.config import RunConfig, UserError
 from vlbench.distributed import cores_available
-from vlbench.engine import PRECISIONS, autocast
+from vlbench.engine import PRECISIONS, autocast, prepare_device
 from vlbench.memory import PeakMemory, release_memory
 
 DEFAULT_BATCH_SIZE = 16
@@ -463,6 +463,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
     try:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
             torch.manual_seed(0)
+            prepare_device(device)  # as the engine runs (TF32 on CUDA for fp32, heap reuse on CPU)
             progress("measuring the matmul peak")
             peak = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16)}
             base_lm, feat_dim = architecture(spec)  # random weights, vis token rows added

@@ -37,6 +37,7 @@ from vlbench.checkpoint import (
 from vlbench.config import OptimConfig
 from vlbench.data import TaskData, collate_train
 from vlbench.distributed import Dist
+from vlbench.memory import keep_freed_memory, trim_heap
 from vlbench.model import VLModel
 
 if TYPE_CHECKING:
@@ -165,6 +166,15 @@ def autocast(device, precision: str):
 
 
 @torch.no_grad()
+def prepare_device(device) -> None:
+    """Process-wide settings for `device`'s speed: TF32 matmuls on CUDA (the GPU's fp32 speed on
+    tensor cores); on CPU, large tensors reuse freed heap pages (memory.keep_freed_memory)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        keep_freed_memory()
+
+
 def evaluate(
     model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device, dist: Dist | None = None
 ) -> dict[str, dict[str, float]]:
@@ -180,6 +190,7 @@ def predict(
     decodes every world_size-th eval batch (the same batches as one process, so the same padding)
     and the predictions are gathered: every rank returns the whole split's. Random number streams
     are left as they were."""
+    prepare_device(device)
     cuda = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         model.eval()
@@ -197,7 +208,8 @@ def predict(
             gathered: list = [None] * world
             torch.distributed.all_gather_object(gathered, predictions)
             predictions = {name: {uid: p for part in gathered for uid, p in part[name].items()} for name in data}
-        return predictions
+    trim_heap()  # evaluation's freed pages go back; training's large tensors fault in once again
+    return predictions
 
 
 def score(data: dict[str, TaskData], split: str, predictions: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:
@@ -255,8 +267,7 @@ def train(
       the loss scaled so the averaged gradient is the one-process gradient of the global batch mean.
     """
     model.to(device)
-    if torch.device(device).type == "cuda":  # fp32 matmuls on tensor cores (TF32): the GPU's fp32 speed
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    prepare_device(device)
     main = dist is None or dist.is_main
     batch_sizes = {name: dict(optim.task_batch_sizes).get(name, optim.batch_size) for name in data}
     schedules_per_epoch = len(epoch_schedule(data, batch_sizes, 0, seed))

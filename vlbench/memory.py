@@ -34,10 +34,35 @@ def rss_bytes() -> int:
 def release_memory() -> None:
     """Free what earlier measurements left, and hand glibc's free heap back, so RSS starts low."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+KEEP_FREE_BYTES = 2**31 - 1  # mallopt takes an int: keep up to 2 GB of freed heap mapped
+
+
+def keep_freed_memory() -> None:
+    """Serve every CPU allocation from glibc's heap and keep freed pages mapped (Linux/glibc; a no-op
+    elsewhere). By default glibc hands a block over 32 MB back to the kernel on free and mmaps it
+    afresh, so every training step page-faults its large tensors in again: at paper shapes full
+    fine-tuning's five 155 MB tied-embedding gradients (three lookups, the LM head, their sum) cost
+    ~0.2 s of a 1.9 s step, and beam search's 50k-vocabulary scores a fifth of its time. The heap
+    settles after a few steps into free chunks that fit a step (paper full fine-tuning, B=16: RSS
+    +15%). `trim_heap` gives free pages back: the engine after each evaluation, `release_memory`
+    before each measurement."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREE_BYTES)
+
+
+def trim_heap() -> None:
+    """Give glibc's free heap pages back to the kernel (malloc_trim; a no-op without glibc)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class PeakMemory:
