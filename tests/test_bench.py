@@ -51,9 +51,20 @@ def test_bench_writes_a_well_formed_json(bench_run):
                 assert math.isfinite(row[key]) and row[key] > 0, (row["method"], key, row[key])
         assert row["batch_size"] == bench.DEFAULT_BATCH_SIZE
         assert 0 < row["mfu"] < 1.5
+        # MFU divides by the matmul rate measured beside the method's own steps
+        assert row["mfu"] == pytest.approx(row["flops_per_step"] / row["step_s"] / (row["peak_beside_gflops"] * 1e9))
         assert row["samples_per_s"] == pytest.approx(row["batch_size"] / row["step_s"])
     assert rows["Full fine-tuning"]["vs_full"] == 1.0
     assert rows["θV→L only"]["vs_floor"] == 1.0
+    # the other methods' timed steps alternated with floor steps, and take their ratios from those
+    floor = rows["θV→L only"]
+    for name in ("Full fine-tuning", "Single Adapter"):
+        row = rows[name]
+        assert row["floor_step_s"] in floor["step_times_s"]
+        assert row["vs_floor"] == pytest.approx(row["step_s"] / row["floor_step_s"])
+    assert len(floor["step_times_s"]) == 2  # one timed step beside each of the two other methods
+    adapter = rows["Single Adapter"]
+    assert adapter["vs_full"] == pytest.approx(adapter["vs_floor"] / rows["Full fine-tuning"]["vs_floor"])
     assert rows["Single Adapter"]["hidden_dim"] == 8  # the tiny profile's bottleneck
     # a frozen LM skips the weight gradients: fewer FLOPs than full fine-tuning
     assert rows["θV→L only"]["flops_per_step"] < rows["Full fine-tuning"]["flops_per_step"]

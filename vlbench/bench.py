@@ -13,9 +13,13 @@ What is measured, in this order (random weights everywhere: only the timing matt
    the engine's step: forward, loss.item(), zero_grad, backward, clip_grad_norm_, optimizer and
    scheduler steps. Warm-up steps are excluded; the median of the timed steps is `step_s`. Peak
    memory is CUDA's max allocated, on CPU the RSS growth over the steps (sampled by a thread).
-   FLOPs are counted (torch.utils.flop_counter) over one more step; MFU = FLOPs / step_s / peak.
+   FLOPs are counted (torch.utils.flop_counter) over one more step; MFU = FLOPs / step_s / the
+   matmul rate measured beside those steps (a loop at the peak's best size before each timed step).
    `vs_full` and `vs_floor` are step-time ratios to full fine-tuning and to `proj-only` (only
    theta V->L trains: the backward runs only through activations, the least a frozen LM can cost).
+   The floor's model stays resident and every other method's timed steps alternate with floor
+   steps: `vs_floor` divides by the floor steps taken beside it, and `vs_full` is the ratio of two
+   such ratios, so a machine whose speed drifts during the run still gives comparable ratios.
 3. decode: greedy (VQA's token budget) and beam-5 (captions') generation, and NLVR2's one-step
    choice scoring, in sequences/s at the profile's eval batch size, on the full fine-tuning model;
    greedy and beam also as ratios to transformers' `generate` on the same batch, with a check that
@@ -57,6 +61,7 @@ DEFAULT_BATCH_SIZE = 16
 DEVICES = ("cpu", "cuda")
 FORMATS = ("markdown", "json")
 FLOOR = "proj-only"  # the frozen floor: only theta V->L trains
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -205,29 +210,43 @@ def flop_counter():
 # ----------------------------------------------------------------------------- 1. matmul peak
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    """The best dense matmul rate (GFLOP/s) over square sizes from 1024, doubling while one product
-    takes under MATMUL_STOP_S (at most 8192); each size runs a warm-up, then 3 timed loops."""
-    best, n = 0.0, 1024
-    while True:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        out = torch.empty(n, n, device=device, dtype=dtype)
+class MatmulProbe:
+    """Square n x n matmuls of `dtype` on `device`: calling it times one loop of `reps` products
+    (enough for MATMUL_STOP_S) and returns its GFLOP/s, the device's matmul rate at that moment."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, n: int):
+        self.device, self.n = device, n
+        self.a = torch.randn(n, n, device=device).to(dtype)
+        self.b = torch.randn(n, n, device=device).to(dtype)
+        self.out = torch.empty(n, n, device=device, dtype=dtype)
         sync(device)
         started = time.perf_counter()
-        torch.mm(a, b, out=out)
+        torch.mm(self.a, self.b, out=self.out)  # the warm-up, timed to size the loop
         sync(device)
-        once = time.perf_counter() - started
-        reps = max(1, min(200, int(MATMUL_STOP_S / max(once, 1e-6))))
-        for _ in range(3):
-            sync(device)
-            started = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b, out=out)
-            sync(device)
-            best = max(best, 2 * n**3 * reps / (time.perf_counter() - started) / 1e9)
-        if once >= MATMUL_STOP_S or n >= 8192:
-            return best
+        self.once = time.perf_counter() - started
+        self.reps = max(1, min(200, int(MATMUL_STOP_S / max(self.once, 1e-6))))
+
+    def __call__(self) -> float:
+        sync(self.device)
+        started = time.perf_counter()
+        for _ in range(self.reps):
+            torch.mm(self.a, self.b, out=self.out)
+        sync(self.device)
+        return 2 * self.n**3 * self.reps / (time.perf_counter() - started) / 1e9
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype) -> tuple[float, MatmulProbe]:
+    """The best dense matmul rate (GFLOP/s) over square sizes from 1024, doubling while one product
+    takes under MATMUL_STOP_S (at most 8192), the best of 3 timed loops at each size; and the probe
+    of the best size (the training steps are timed beside it)."""
+    best, best_probe, n = 0.0, None, 1024
+    while True:
+        probe = MatmulProbe(device, dtype, n)
+        rate = max(probe() for _ in range(3))
+        if rate > best:
+            best, best_probe = rate, probe
+        if probe.once >= MATMUL_STOP_S or n >= 8192:
+            return best, best_probe
         n *= 2
 
 
@@ -251,42 +270,69 @@ def random_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def time_training(model, cfg: RunConfig, batch: dict, opts: BenchOptions, device: torch.device) -> dict:
-    """The engine's training step on `batch`: median time, peak memory, counted FLOPs."""
-    from vlbench.engine import build_optimizer
-    from vlbench.methods import param_groups
+class TrainingStep:
+    """The engine's training step for one method's model on `batch` (as engine.train, less
+    collating, which data.wait_share times apart); calling it runs one step and returns its time."""
 
-    model.to(device).train()
-    model.router.task = "vqa"
-    optimizers, schedulers = build_optimizer(model, cfg.optim, opts.warmup + opts.steps + 1, param_groups(cfg, model))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, model, cfg: RunConfig, batch: dict, opts: BenchOptions, device: torch.device, steps: int):
+        from vlbench.engine import build_optimizer
+        from vlbench.methods import param_groups
 
-    def step() -> None:  # as engine.train, less collating (timed apart: data.wait_share)
-        with autocast(device, opts.precision):
-            loss = model.loss(batch)
+        self.model, self.cfg, self.batch, self.opts, self.device = model, cfg, batch, opts, device
+        model.to(device).train()
+        model.router.task = "vqa"
+        self.optimizers, self.schedulers = build_optimizer(model, cfg.optim, steps, param_groups(cfg, model))
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        # as the resident floor (time_methods): its steps and probe rates beside the other methods',
+        # and the CUDA memory its model holds
+        self.paired_times: list[float] = []
+        self.paired_rates: list[float] = []
+        self.resident_mb = 0.0
+
+    def __call__(self) -> float:
+        sync(self.device)
+        started = time.perf_counter()
+        with autocast(self.device, self.opts.precision):
+            loss = self.model.loss(self.batch)
         loss.item()
-        for optimizer in optimizers:
+        for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-        for optimizer, scheduler in zip(optimizers, schedulers):
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.grad_clip)
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
             optimizer.step()
             scheduler.step()
+        sync(self.device)
+        return time.perf_counter() - started
 
-    times = []
-    with PeakMemory(device) as memory:
+
+def time_training(step: TrainingStep, opts: BenchOptions, probe: MatmulProbe, floor: TrainingStep | None = None) -> dict:
+    """Median step time, peak memory and counted FLOPs of `step`'s method. Each timed step follows a
+    loop of `probe`, so MFU divides by the matmul rate of the same moments (`peak_beside_gflops`);
+    with `floor` (the frozen floor's step, its model resident beside this one), also one floor step,
+    so `vs_floor` compares steps taken under the same machine load (these shared machines drift by
+    tens of percent over minutes); `floor_step_s` is the median of those floor steps."""
+    times, floor_times, rates = [], [], []
+    with PeakMemory(step.device) as memory:
         for _ in range(opts.warmup):
             step()
         for _ in range(opts.steps):
-            sync(device)
-            started = time.perf_counter()
-            step()
-            sync(device)
-            times.append(time.perf_counter() - started)
+            rates.append(probe())
+            if floor is not None:
+                floor_times.append(floor())
+            times.append(step())
     with flop_counter() as counter:
         step()
-    return {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb,
-            "peak_reserved_mb": memory.reserved_mb, "flops_per_step": float(counter.get_total_flops())}  # fmt: skip
+    # CUDA's max allocated counts every model on the device: leave out what the resident floor holds
+    resident = floor.resident_mb if floor is not None and step.device.type == "cuda" else 0.0
+    row = {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb - resident,
+           "peak_reserved_mb": memory.reserved_mb, "flops_per_step": float(counter.get_total_flops()),
+           "peak_beside_gflops": statistics.median(rates)}  # fmt: skip
+    if floor is not None:
+        row["floor_step_s"] = statistics.median(floor_times)
+        floor.paired_times += floor_times
+        floor.paired_rates += rates
+    return row
 
 
 # ----------------------------------------------------------------------------- 3. decoding
@@ -448,7 +494,6 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
     check_options(opts)
     from vlbench.backbones import BACKBONES, architecture, vision_shape
     from vlbench.methods import build_vl_model
-    from vlbench.params import count_parameters
     from vlbench.profiles import get_profile
     from vlbench.report import row_label
 
@@ -465,7 +510,9 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
             torch.manual_seed(0)
             prepare_device(device)  # as the engine runs (TF32 on CUDA for fp32, heap reuse on CPU)
             progress("measuring the matmul peak")
-            peak = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16)}
+            peaks = {name: matmul_gflops(device, dtype) for name, dtype in PRECISION_DTYPES.items()}
+            peak, probe = {name: rate for name, (rate, _) in peaks.items()}, peaks[opts.precision][1]
+            del peaks
             base_lm, feat_dim = architecture(spec)  # random weights, vis token rows added
             grid = vision_shape(spec)[1]
             env = BenchEnv(device, spec, profile, SHAPES[opts.backbone], grid, feat_dim,
@@ -476,18 +523,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
                 return build_vl_model(cfg, copy.deepcopy(base_lm), feat_dim, spec.n_vis_tokens)
 
             rows, decode, data, extract = [], None, None, None
-            for k, cfg in enumerate(configs if "training" in opts.parts else ()):
-                label = row_label(cfg.method, cfg.sharing)
-                progress(f"training steps {k + 1}/{len(configs)}: {label}")
-                model = build(cfg)
-                counts = count_parameters(model)
-                row = {"method": label, "key": f"{cfg.method}:{cfg.sharing}" if cfg.sharing else cfg.method,
-                       "hidden_dim": cfg.hidden_dim, "trainable_params": counts.trainable,
-                       "params_percent": counts.percent, "batch_size": opts.batch_size}  # fmt: skip
-                row.update(time_training(model, cfg, batch, opts, device))
-                del model
-                release_memory()
-                rows.append(row)
+            if "training" in opts.parts:
+                rows = time_methods(configs, build, batch, opts, device, probe, progress)
             add_ratios(rows, opts.precision, peak)
 
             if "decode" in opts.parts:
@@ -534,17 +571,58 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda messa
     }
 
 
+def time_methods(
+    configs: list[RunConfig], build: Callable, batch: dict, opts: BenchOptions, device, probe: MatmulProbe, progress
+) -> list[dict]:
+    """One row per config (time_training's figures and the method's parameter counts), in order.
+    When the floor is among several configs, its model stays resident and every other method's
+    steps alternate with its steps; the floor's row then has the median of all of them."""
+    from vlbench.params import count_parameters
+    from vlbench.report import row_label
+
+    floor_cfg = next((c for c in configs if c.method == FLOOR), None)
+    floor = None
+    if floor_cfg is not None and len(configs) > 1:
+        progress(f"training steps: {row_label(FLOOR, None)}, resident to alternate with every method")
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        floor = TrainingStep(build(floor_cfg), floor_cfg, batch, opts, device, opts.warmup + opts.steps * len(configs) + 1)
+        floor_row = time_training(floor, opts, probe)
+        floor.resident_mb = ((torch.cuda.memory_allocated(device) if device.type == "cuda" else 0) - before) / 2**20
+
+    def row_of(cfg: RunConfig, model, figures: dict) -> dict:
+        counts = count_parameters(model)
+        return {"method": row_label(cfg.method, cfg.sharing), "key": f"{cfg.method}:{cfg.sharing}" if cfg.sharing else cfg.method,
+                "hidden_dim": cfg.hidden_dim, "trainable_params": counts.trainable, "params_percent": counts.percent,
+                "batch_size": opts.batch_size, **figures}  # fmt: skip
+
+    rows = []
+    for k, cfg in enumerate(configs):
+        if floor is not None and cfg is floor_cfg:
+            figures = {**floor_row, "step_s": statistics.median(floor.paired_times), "step_times_s": floor.paired_times,
+                       "peak_beside_gflops": statistics.median(floor.paired_rates)}  # fmt: skip
+            rows.append(row_of(cfg, floor.model, figures))
+            continue
+        progress(f"training steps {k + 1}/{len(configs)}: {row_label(cfg.method, cfg.sharing)}")
+        model = build(cfg)
+        step = TrainingStep(model, cfg, batch, opts, device, opts.warmup + opts.steps + 1)
+        rows.append(row_of(cfg, model, time_training(step, opts, probe, floor)))
+        del model, step
+        release_memory()
+    return rows
+
+
 def add_ratios(rows: list[dict], precision: str, peak: dict) -> None:
     """samples/s, MFU against the measured peak of `precision`, the step-time ratios to full
     fine-tuning and to the frozen floor, and the peak memory's to full fine-tuning's (None where
     that method was not measured)."""
     full = next((r for r in rows if r["key"] == "full"), None)
     floor = next((r["step_s"] for r in rows if r["key"] == FLOOR), None)
-    for r in rows:
+    for r in rows:  # a method timed beside the floor takes its ratio from the floor steps it alternated with
         r["samples_per_s"] = r["batch_size"] / r["step_s"]
-        r["mfu"] = r["flops_per_step"] / r["step_s"] / (peak[precision] * 1e9)
-        r["vs_full"] = r["step_s"] / full["step_s"] if full else None
-        r["vs_floor"] = r["step_s"] / floor if floor else None
+        r["mfu"] = r["flops_per_step"] / r["step_s"] / (r.get("peak_beside_gflops", peak[precision]) * 1e9)
+        r["vs_floor"] = r["step_s"] / r.get("floor_step_s", floor) if floor else None
+    for r in rows:
+        r["vs_full"] = r["vs_floor"] / full["vs_floor"] if full and floor else r["step_s"] / full["step_s"] if full else None
         r["mem_vs_full"] = r["peak_mem_mb"] / full["peak_mem_mb"] if full and full["peak_mem_mb"] > 0 else None
 
 
