@@ -162,10 +162,6 @@ def autocast(device, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
 def prepare_device(device) -> None:
     """Process-wide settings for `device`'s speed: TF32 matmuls on CUDA (the GPU's fp32 speed on
     tensor cores); on CPU, large tensors reuse freed heap pages (memory.keep_freed_memory)."""
@@ -175,6 +171,10 @@ def prepare_device(device) -> None:
         keep_freed_memory()
 
 
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
 def evaluate(
     model: VLModel, data: dict[str, TaskData], split: str, optim: OptimConfig, device, dist: Dist | None = None
 ) -> dict[str, dict[str, float]]:
