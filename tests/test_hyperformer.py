@@ -62,10 +62,17 @@ def test_tasks_get_different_adapters_from_shared_generators():
     hypernet = model.method_modules["hyperformer"]
     for p in hypernet.stacks.parameters():  # make the generated adapters clearly non-zero
         torch.nn.init.normal_(p, std=0.5)
-    vqa = hypernet("vqa", "decoder", 1, "cross_attn")
-    gqa = hypernet("gqa", "decoder", 1, "cross_attn")
+    vqa = hypernet("vqa", "decoder")[1, "cross_attn"]
+    gqa = hypernet("gqa", "decoder")[1, "cross_attn"]
     assert vqa["down_weight"].shape == (8, 64) and vqa["up_weight"].shape == (64, 8)
     assert not torch.allclose(vqa["down_weight"], gqa["down_weight"])
+    # one batched pass over the layers gives what each layer's own pass through the projector and
+    # its generator gives
+    stack, task = hypernet.stacks["decoder"], hypernet.task_embeddings.weight[hypernet.task_index["vqa"]]
+    cond = stack.projector(torch.cat([task, stack.layer_embeddings.weight[1]])[None])
+    alone = stack.generators["cross_attn"](cond)
+    for name, w in vqa.items():
+        assert torch.allclose(w, alone[name][0], atol=1e-6), name
     # nothing but the task embedding depends on the number of tasks
     two_tasks = apply_hyperformer(tiny_vl_model(), 8, tasks=TASKS[:2]).method_modules["hyperformer"]
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -47,11 +47,11 @@ class AdapterGenerator(nn.Module):
         self.up_bias = near_identity_linear(cond_dim, d_model)
 
     def forward(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
-        # weights shaped (out, in) for F.linear
+        """cond (n, cond_dim) -> each tensor with a leading n; weights shaped (out, in) for F.linear."""
         return {
-            "down_weight": self.down_weight(cond).view(self.hidden, self.d_model),
+            "down_weight": self.down_weight(cond).view(-1, self.hidden, self.d_model),
             "down_bias": self.down_bias(cond),
-            "up_weight": self.up_weight(cond).view(self.d_model, self.hidden),
+            "up_weight": self.up_weight(cond).view(-1, self.d_model, self.hidden),
             "up_bias": self.up_bias(cond),
         }
 
@@ -72,9 +72,18 @@ class StackHyperNet(nn.Module):
         )
         self.generators = nn.ModuleDict({k: AdapterGenerator(cond_dim, d_model, hidden) for k in kinds})
 
-    def forward(self, task_embedding: torch.Tensor, layer: int, kind: str) -> dict[str, torch.Tensor]:
-        cond = self.projector(torch.cat([task_embedding, self.layer_embeddings.weight[layer]]))
-        return self.generators[kind](cond)
+    def forward(self, task_embedding: torch.Tensor) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+        """Every (layer, kind)'s adapter weights: one projector pass over all layer ids and one pass of
+        each generator over all layers (a step then adds one gradient into each generator, not one
+        per layer)."""
+        layers = self.layer_embeddings.weight
+        cond = self.projector(torch.cat([task_embedding.expand(len(layers), -1), layers], 1))
+        weights = {}
+        for kind, generator in self.generators.items():
+            generated = generator(cond)
+            for layer in range(len(layers)):
+                weights[layer, kind] = {name: w[layer] for name, w in generated.items()}
+        return weights
 
 
 class HyperNetwork(nn.Module):
@@ -84,8 +93,9 @@ class HyperNetwork(nn.Module):
         self.task_embeddings = nn.Embedding(len(tasks), emb_dim)  # default init is N(0, 1), the paper's randn
         self.stacks = nn.ModuleDict(stacks)
 
-    def forward(self, task: str, stack: str, layer: int, kind: str) -> dict[str, torch.Tensor]:
-        return self.stacks[stack](self.task_embeddings.weight[self.task_index[task]], layer, kind)
+    def forward(self, task: str, stack: str) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+        """`task`'s adapter weights for every sublayer of `stack`, keyed by (layer, kind)."""
+        return self.stacks[stack](self.task_embeddings.weight[self.task_index[task]])
 
 
 def generated_adapter(y: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -94,6 +104,7 @@ def generated_adapter(y: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tens
 
 class Hyperformer(Method):
     name = "hyperformer"
+    version = 2  # 2: each stack's adapters generated in one batched pass (float rounding of 1's per-site passes)
     uses_hidden_dim = True
     hidden_dim_meaning = "bottleneck size"
 
@@ -118,12 +129,17 @@ class Hyperformer(Method):
             kinds = list(dict.fromkeys(s.kind for s in in_stack))
             stacks[stack] = StackHyperNet(n_layers, kinds, d_model, self.config.hidden_dim, emb_dim, proj_dim, cond_dim)
         hypernet = HyperNetwork(tasks, stacks, emb_dim)
+        # A stack's adapters are generated afresh when a pass reaches its first sublayer (every
+        # forward, every decoding step), so gradients flow to the hypernetwork each step; the stack's
+        # other sublayers read them.
+        first = {stack: next(s for s in sites if s.stack == stack) for stack in stacks}
+        generated: dict[str, dict] = {}
+
+        def adapt(y: torch.Tensor, site) -> torch.Tensor:
+            if site is first[site.stack]:
+                generated[site.stack] = hypernet(model.router.require(), site.stack)
+            return generated_adapter(y, generated[site.stack][site.layer, site.kind])
+
         for site in sites:
-            # generated afresh on every call, so gradients flow to the hypernetwork each step
-            self.hook_handles.append(
-                transform_output(
-                    site.module,
-                    lambda y, s=site: generated_adapter(y, hypernet(model.router.require(), s.stack, s.layer, s.kind)),
-                )
-            )
+            self.hook_handles.append(transform_output(site.module, lambda y, s=site: adapt(y, s)))
         model.method_modules["hyperformer"] = hypernet
