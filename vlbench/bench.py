@@ -283,11 +283,9 @@ class TrainingStep:
         model.router.task = "vqa"
         self.optimizers, self.schedulers = build_optimizer(model, cfg.optim, steps, param_groups(cfg, model))
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        # as the resident floor (time_methods): its steps and probe rates beside the other methods',
-        # and the CUDA memory its model holds
+        # as the resident floor (time_methods): its steps and probe rates beside the other methods'
         self.paired_times: list[float] = []
         self.paired_rates: list[float] = []
-        self.resident_mb = 0.0
 
     def __call__(self) -> float:
         sync(self.device)
@@ -323,9 +321,7 @@ def time_training(step: TrainingStep, opts: BenchOptions, probe: MatmulProbe, fl
             times.append(step())
     with flop_counter() as counter:
         step()
-    # CUDA's max allocated counts every model on the device: leave out what the resident floor holds
-    resident = floor.resident_mb if floor is not None and step.device.type == "cuda" else 0.0
-    row = {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb - resident,
+    row = {"step_s": statistics.median(times), "step_times_s": times, "peak_mem_mb": memory.mb,
            "peak_reserved_mb": memory.reserved_mb, "flops_per_step": float(counter.get_total_flops()),
            "peak_beside_gflops": statistics.median(rates)}  # fmt: skip
     if floor is not None:
@@ -580,14 +576,17 @@ def time_methods(
     from vlbench.params import count_parameters
     from vlbench.report import row_label
 
+    def allocated_mb() -> float:  # CUDA's max allocated counts every model on the device
+        return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
     floor_cfg = next((c for c in configs if c.method == FLOOR), None)
-    floor = None
+    floor, resident_mb = None, 0.0  # resident_mb: what the resident floor holds on CUDA, left out of the others' peaks
     if floor_cfg is not None and len(configs) > 1:
         progress(f"training steps: {row_label(FLOOR, None)}, resident to alternate with every method")
-        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        before = allocated_mb()
         floor = TrainingStep(build(floor_cfg), floor_cfg, batch, opts, device, opts.warmup + opts.steps * len(configs) + 1)
         floor_row = time_training(floor, opts, probe)
-        floor.resident_mb = ((torch.cuda.memory_allocated(device) if device.type == "cuda" else 0) - before) / 2**20
+        resident_mb = allocated_mb() - before
 
     def row_of(cfg: RunConfig, model, figures: dict) -> dict:
         counts = count_parameters(model)
@@ -605,24 +604,30 @@ def time_methods(
         progress(f"training steps {k + 1}/{len(configs)}: {row_label(cfg.method, cfg.sharing)}")
         model = build(cfg)
         step = TrainingStep(model, cfg, batch, opts, device, opts.warmup + opts.steps + 1)
-        rows.append(row_of(cfg, model, time_training(step, opts, probe, floor)))
+        figures = time_training(step, opts, probe, floor)
+        rows.append(row_of(cfg, model, {**figures, "peak_mem_mb": figures["peak_mem_mb"] - resident_mb}))
         del model, step
         release_memory()
     return rows
 
 
 def add_ratios(rows: list[dict], precision: str, peak: dict) -> None:
-    """samples/s, MFU against the measured peak of `precision`, the step-time ratios to full
-    fine-tuning and to the frozen floor, and the peak memory's to full fine-tuning's (None where
-    that method was not measured)."""
+    """samples/s, MFU against the matmul rate measured beside the steps (else the peak of
+    `precision`), the step-time ratios to full fine-tuning and to the frozen floor, and the peak
+    memory's to full fine-tuning's (None where that method was not measured). A method timed beside
+    the floor takes `vs_floor` from the floor steps it alternated with, and `vs_full` from the two
+    methods' `vs_floor`."""
     full = next((r for r in rows if r["key"] == "full"), None)
     floor = next((r["step_s"] for r in rows if r["key"] == FLOOR), None)
-    for r in rows:  # a method timed beside the floor takes its ratio from the floor steps it alternated with
+    for r in rows:
         r["samples_per_s"] = r["batch_size"] / r["step_s"]
         r["mfu"] = r["flops_per_step"] / r["step_s"] / (r.get("peak_beside_gflops", peak[precision]) * 1e9)
         r["vs_floor"] = r["step_s"] / r.get("floor_step_s", floor) if floor else None
     for r in rows:
-        r["vs_full"] = r["vs_floor"] / full["vs_floor"] if full and floor else r["step_s"] / full["step_s"] if full else None
+        if full is None:
+            r["vs_full"] = None
+        else:
+            r["vs_full"] = r["vs_floor"] / full["vs_floor"] if floor else r["step_s"] / full["step_s"]
         r["mem_vs_full"] = r["peak_mem_mb"] / full["peak_mem_mb"] if full and full["peak_mem_mb"] > 0 else None
 
 
