@@ -303,3 +303,72 @@ def test_pretraining_uses_the_engines_optimizer_groups_and_schedule():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
     factor = warmup_schedule(100, 0.1, "cosine")
     assert factor(0) == 0.1 and factor(9) == 1.0 and factor(10) == 1.0 and abs(factor(55) - 0.5) < 1e-12 and factor(100) < 1e-3
+
+
+def bare_causal_tokenizer(style: str):
+    """A tokenizer as GPT-2's (one <|endoftext|> token for BOS and EOS, nothing added, no pad) or
+    LLaMA's (<s> added in front, no </s> at the end, no pad) come: what a real decoder-only LM brings."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>"] if style == "gpt2" else ["<unk>", "<s>", "</s>"]
+    bpe = Tokenizer(models.BPE(unk_token=None if style == "gpt2" else "<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(text_corpus(50, 0), trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=specials))  # fmt: skip
+    if style == "gpt2":
+        return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0], eos_token=specials[0])
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_a_decoder_only_lms_own_tokenizer_pads_and_ends_every_target_with_eos(style, tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from vlbench.config import RunConfig
+    from vlbench.data import pad
+    from vlbench.sweep import build_model
+
+    tokenizer = bare_causal_tokenizer(style)
+    assert tokenizer.pad_token is None
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(0)
+    if style == "gpt2":
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, bos_token_id=bos, eos_token_id=eos))
+    else:
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **dict(SMALL_LM["causal"], bos_token_id=bos, pad_token_id=None, eos_token_id=eos)))
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    monkeypatch.setenv("VLBENCH_CAUSAL_WEIGHTS", str(tmp_path / "lm"))
+
+    loaded = load_backbones("paper-causal", tmp_path / "cache")
+    tok = loaded.tokenizer
+    assert tok.pad_token == tok.eos_token and tok.eos_token_id == eos
+    for ids in tok(["red", "vqa: what color is the circle?"])["input_ids"]:
+        assert ids[0] == bos and ids[-1] == eos and eos not in ids[1:-1]
+    assert tok("yes", add_special_tokens=False)["input_ids"][-1] != eos
+
+    cfg = RunConfig(profile="paper", backbone="paper-causal", pool_size=6, method="adapter", sharing="single", hidden_dim=4)
+    model = build_model(cfg, loaded)
+    input_ids, attention_mask = pad([torch.tensor(x) for x in tok(["vqa: what color is the circle?", "gqa: is it red?"])["input_ids"]], tok.pad_token_id)
+    labels, label_mask = pad([torch.tensor(x) for x in tok(["red", "no"])["input_ids"]], -100)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "feats": torch.randn(2, 1, 49, 2048),
+             "labels": labels.masked_fill(label_mask == 0, -100), "weights": torch.ones(2)}  # fmt: skip
+    model.router.task = "vqa"
+    loss = model.loss(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.generate(batch, num_beams=1, max_new_tokens=3).shape[0] == 2
+
+
+def test_a_decoder_only_tokenizer_without_eos_is_refused(tmp_path, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = bare_causal_tokenizer("llama")
+    bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, bos_token="<s>", unk_token="<unk>")
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(bare), **SMALL_LM["causal"])).save_pretrained(tmp_path / "lm")
+    bare.save_pretrained(tmp_path / "lm")
+    monkeypatch.setenv("VLBENCH_CAUSAL_WEIGHTS", str(tmp_path / "lm"))
+    with pytest.raises(UserError, match="the tokenizer has no EOS token"):
+        load_backbones("paper-causal", tmp_path / "cache")

@@ -479,6 +479,8 @@ def _load_pretrained_lm(spec: BackboneSpec, source: str | Path | None) -> Backbo
             f"{source}: the tokenizer has {len(tokenizer)} tokens, more than the model's {lm.config.vocab_size} "
             "embedding rows: tokenizer and weights come from different models"
         )
+    if spec.lm_type == "causal":
+        fit_causal_tokenizer(tokenizer, lm.config, source)
     differs = [f"{k}={getattr(lm.config, k, None)}" for k, v in spec.lm.items() if k != "hub" and getattr(lm.config, k, None) != v]
     if differs:
         log.warning("%s is not %s (%s): parameter counts will differ from the paper's", source, hub, ", ".join(differs))
@@ -497,6 +499,25 @@ def _load_pretrained_lm(spec: BackboneSpec, source: str | Path | None) -> Backbo
         grid_size=grid_size,
         image_size=image_size,
         meta={"lm_weights": str(source)},
+    )
+
+
+def fit_causal_tokenizer(tokenizer, config, source) -> None:
+    """Make a decoder-only LM's tokenizer write what vlbench's sequences need, which GPT-2's and LLaMA's
+    do not: every text as `<bos> text <eos>` (a target must end with EOS for generation to stop, and
+    the family reads a choice after the BOS the model's config names) and a pad token (EOS where there
+    is none: padded inputs are masked out and padded labels are -100)."""
+    if not tokenizer.is_fast:
+        raise UserError(f"{source}: needs a fast tokenizer (tokenizer.json) for a decoder-only LM")
+    if tokenizer.eos_token is None:
+        raise UserError(f"{source}: the tokenizer has no EOS token, which ends every target")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bos = tokenizer.convert_ids_to_tokens(config.bos_token_id) if config.bos_token_id is not None else None
+    special = [(t, tokenizer.convert_tokens_to_ids(t)) for t in dict.fromkeys([bos, tokenizer.eos_token]) if t]
+    template = f"{bos} $A {tokenizer.eos_token}" if bos else f"$A {tokenizer.eos_token}"
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, pair=f"{template} $B {tokenizer.eos_token}", special_tokens=special
     )
 
 
