@@ -100,6 +100,58 @@ def test_failed_pretraining_leaves_no_cache(tmp_path, monkeypatch):
     assert list((tmp_path / "backbones").iterdir()) == []
 
 
+def test_the_package_ships_every_tiny_backbone_by_todays_recipe():
+    """A change to the recipe (spec, pretraining code, scene or task versions) fails here until
+    `vlbench backbones pretrain` regenerates the shipped copies; otherwise every fresh clone would
+    pretrain them again."""
+    tiny = {name: spec for name, spec in BACKBONES.items() if spec.pretrain}
+    assert set(tiny) == {"tiny", "tiny-t5", "tiny-causal"}
+    for name, spec in tiny.items():
+        assert backbones_mod.shipped_backbones(name, pretrain.recipe_key(spec)) is not None, name
+    size = sum(f.stat().st_size for f in backbones_mod.SHIPPED_DIR.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20  # the issue's limit for backbones inside the package
+
+
+def test_a_shipped_copy_is_loaded_and_a_stale_one_pretrained_afresh(tiny, cache_dir, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    shipped, empty_cache = tmp_path / "shipped", tmp_path / "cache"
+    key = pretrain.recipe_key(FAST)
+    shutil.copytree(cache_dir / "backbones" / f"tiny-{key}", shipped / "tiny")
+    monkeypatch.setattr(backbones_mod, "SHIPPED_DIR", shipped)
+    calls = []
+    monkeypatch.setattr(pretrain, "pretrain_tiny", lambda *args: calls.append(args) or 1 / 0)
+
+    loaded = load_backbones(FAST, empty_cache)
+    assert calls == [] and not empty_cache.exists()  # read in place: nothing pretrained, nothing cached
+    sa, sb = state(tiny.lm), state(loaded.lm)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    meta = json.loads((shipped / "tiny" / "meta.json").read_text())
+    (shipped / "tiny" / "meta.json").write_text(json.dumps(dict(meta, recipe_key="0" * 16)))
+    with pytest.raises(ZeroDivisionError):
+        load_backbones(FAST, empty_cache)
+    assert calls[0][1] == empty_cache / "backbones" / f"tiny-{key}"  # pretrains into the cache instead
+    assert f"shipped tiny backbones were made by recipe {'0' * 16}, not today's {key}" in caplog.text
+
+
+def test_backbones_pretrain_replaces_the_shipped_copy(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vlbench.cli import app
+
+    monkeypatch.setitem(BACKBONES, "tiny", FAST)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "meta.json").write_text('{"recipe_key": "old"}')
+    result = CliRunner().invoke(app, ["backbones", "pretrain", "--names", "tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"tiny: recipe {pretrain.recipe_key(FAST)}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no staging folder left behind
+    monkeypatch.setattr(backbones_mod, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(pretrain, "pretrain_tiny", lambda *args: 1 / 0)
+    assert load_backbones(FAST, tmp_path / "cache").meta["recipe_key"] == pretrain.recipe_key(FAST)
+
+
 def test_unavailable_backbones_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("VLBENCH_BART_WEIGHTS", raising=False)
     with pytest.raises(UserError, match="set VLBENCH_BART_WEIGHTS"):

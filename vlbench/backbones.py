@@ -10,8 +10,10 @@ Two profiles, each with a BART and a T5 spec (and a decoder-only one):
   accounting needs neither: it builds the architectures from their configs.
 - `tiny`, `tiny-t5`, `tiny-causal`: a tiny CLIP ModifiedResNet and a tiny BART / T5 / LLaMA-style
   decoder-only LM, pretrained here on the synthetic scene suite (CLIP contrastively on image-caption
-  pairs, the LM by its family's objective: denoising, or next-token prediction; vlbench/pretrain.py)
-  once, then cached on disk. All use the same word-level tokenizer, so T5 and causal targets also read `<s> ... </s>`.
+  pairs, the LM by its family's objective: denoising, or next-token prediction; vlbench/pretrain.py).
+  They ship inside the package (vlbench/tiny_backbones/, made by `vlbench backbones pretrain`); a
+  spec whose recipe differs from the shipped copy's is pretrained once and cached on disk. All use the
+  same word-level tokenizer, so T5 and causal targets also read `<s> ... </s>`.
 
 The vision tower returns the ResNet grid before attention pooling (paper: 7x7x2048), which the
 VL model projects into the language model as visual tokens.
@@ -400,9 +402,10 @@ def add_vis_rows(lm: PreTrainedModel, n_vis_tokens: int) -> None:
 def load_backbones(
     name: str | BackboneSpec, cache_dir: Path, progress=None, lm_weights: str | Path | None = None
 ) -> Backbones:
-    """The backbones named `name` (or a BackboneSpec). Tiny: pretrained and cached on first use.
-    Paper: the pretrained LM and tokenizer from `lm_weights`, else from the folder (or hub name) in
-    the LM family's environment variable (LM_WEIGHTS_ENV)."""
+    """The backbones named `name` (or a BackboneSpec). Tiny: the package's copy when today's recipe
+    made it, else pretrained and cached on first use. Paper: the pretrained LM and tokenizer from
+    `lm_weights`, else from the folder (or hub name) in the LM family's environment variable
+    (LM_WEIGHTS_ENV)."""
     spec = name if isinstance(name, BackboneSpec) else BACKBONES.get(name)
     if spec is None:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -411,10 +414,33 @@ def load_backbones(
         return _load_pretrained_lm(spec, lm_weights or os.environ.get(LM_WEIGHTS_ENV[spec.lm_type]))
     from vlbench.pretrain import pretrain_tiny, recipe_key  # the recipe that makes a missing cache
 
-    folder = Path(cache_dir) / "backbones" / f"{spec.name}-{recipe_key(spec)}"
+    key = recipe_key(spec)
+    folder = Path(cache_dir) / "backbones" / f"{spec.name}-{key}"
+    if not folder.exists():
+        folder = shipped_backbones(spec.name, key) or folder
     if not folder.exists():
         pretrain_tiny(spec, folder, progress)
     return _load_cached(spec, folder)
+
+
+# the tiny backbones that ship in the package, one folder per spec name (`vlbench backbones pretrain`)
+SHIPPED_DIR = Path(__file__).parent / "tiny_backbones"
+
+
+def shipped_backbones(name: str, key: str) -> Path | None:
+    """The shipped folder of tiny backbone `name` if recipe `key` made it. A copy made by another
+    recipe is passed over with a message (the caller pretrains afresh)."""
+    folder = SHIPPED_DIR / name
+    if not (folder / "meta.json").exists():
+        return None
+    made_by = json.loads((folder / "meta.json").read_text()).get("recipe_key")
+    if made_by == key:
+        return folder
+    log.warning(
+        "the shipped %s backbones were made by recipe %s, not today's %s: pretraining afresh "
+        "(`vlbench backbones pretrain` regenerates the shipped copy)", name, made_by, key,
+    )  # fmt: skip
+    return None
 
 
 def _load_cached(spec: BackboneSpec, folder: Path) -> Backbones:

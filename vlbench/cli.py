@@ -26,6 +26,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Score prediction files with t
 app.add_typer(eval_app, name="eval")
 db_app = typer.Typer(no_args_is_help=True, help="The results database: export it, rebuild it from run folders.")
 app.add_typer(db_app, name="db")
+backbones_app = typer.Typer(no_args_is_help=True, help="The tiny profile's backbones, shipped in the package.")
+app.add_typer(backbones_app, name="backbones")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -670,6 +672,26 @@ def db_rebuild(
     console.print(f"{summary.imported} run(s) imported, {summary.present} already in the database, from {source}")
     for path, problem in summary.unreadable:
         err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(problem)}", highlight=False)
+
+
+@backbones_app.command("pretrain")
+def backbones_pretrain(
+    names: Optional[str] = typer.Option(None, help="comma-separated tiny backbones, e.g. tiny,tiny-t5 [default: all]"),
+    out: Optional[Path] = typer.Option(None, help="folder to write them to [default: the package's vlbench/tiny_backbones]"),
+):
+    """Pretrain the tiny backbones by today's recipe and write them where the package ships them
+    (run it after changing the recipe; a shipped copy made by another recipe is not used)."""
+    from rich.progress import Progress
+
+    from vlbench.pretrain import pretrain_shipped
+
+    try:
+        with Progress(console=err_console, transient=True) as progress:
+            made = pretrain_shipped(csv_list(names, "--names"), out, progress)
+    except UserError as e:
+        fail(str(e))
+    for m in made:
+        console.print(f"{m['name']}: recipe {m['recipe_key']}, {m['mb']:.1f} MB in {m['folder']} ({m['seconds']:.0f}s)")
 
 
 @app.command()

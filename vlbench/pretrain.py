@@ -1,5 +1,6 @@
 """The tiny profile's pretraining recipe: the tokenizer, the tiny CLIP and the tiny LM it trains once
-per spec and caches (`vlbench.backbones.load_backbones` calls `pretrain_tiny` for a missing cache).
+per spec. `pretrain_shipped` makes the copies that ship in the package (`vlbench backbones pretrain`);
+`vlbench.backbones.load_backbones` calls `pretrain_tiny` for a spec no shipped copy or cache holds.
 
 The components it trains (the spec, CLIP's and the LMs' builders, the tokenizer builder) are in
 vlbench/backbones.py and vlbench/lms/; the corpus comes from the synthetic suite (vlbench.tasks.scenes);
@@ -26,8 +27,19 @@ import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
-from vlbench.backbones import BackboneSpec, add_vis_rows, build_clip, build_tokenizer, lm_from_spec, normalise_images
+from vlbench.backbones import (
+    BACKBONES,
+    SHIPPED_DIR,
+    BackboneSpec,
+    add_vis_rows,
+    build_clip,
+    build_tokenizer,
+    lm_from_spec,
+    normalise_images,
+)
+from vlbench.config import UserError
 from vlbench.engine import decay_groups, warmup_schedule
 from vlbench.lms import family_of
 from vlbench.tasks import TASKS, scenes
@@ -112,6 +124,7 @@ def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
         save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp / "clip.safetensors")
         lm.save_pretrained(tmp / "lm")
         meta = {
+            "recipe_key": recipe_key(spec),
             "spec": dataclasses.asdict(spec),
             "vocab_size": len(tokenizer),
             "clip": clip_stats,
@@ -128,6 +141,29 @@ def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
             # another process finished the same pretraining first; its result is the same
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pretrain_shipped(names: list[str] | None, out: Path | None = None, progress=None) -> list[dict[str, Any]]:
+    """Pretrain the named tiny backbones (default: every tiny spec) into the package's shipped folder
+    (or `out`), each replacing its old copy only once it is complete."""
+    tiny = [name for name, spec in BACKBONES.items() if spec.pretrain]
+    unknown = [name for name in names or [] if name not in tiny]
+    if unknown:
+        raise UserError(f"--names: {', '.join(unknown)}: not a tiny backbone (choose from {', '.join(tiny)})")
+    out = Path(out or SHIPPED_DIR)
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar, under vlbench's own
+    made = []
+    for name in names or tiny:
+        spec, folder, fresh = BACKBONES[name], out / name, out / f".new-{name}"
+        t0 = time.perf_counter()
+        shutil.rmtree(fresh, ignore_errors=True)
+        pretrain_tiny(spec, fresh, progress)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(fresh, folder)
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        made.append({"name": name, "recipe_key": recipe_key(spec), "folder": folder, "mb": size / 2**20,
+                     "seconds": time.perf_counter() - t0})  # fmt: skip
+    return made
 
 
 @contextmanager
