@@ -8,16 +8,21 @@ and the same output padding. It is faster for three reasons:
   * an example leaves the batch as soon as its result is final (greedy: it emitted </s>; beams: K
     finished hypotheses, or none of its running beams can beat them), and the rest decode without it;
   * beam search computes the cross-attention keys and values once per example, not once per beam,
-    and never reorders them (every beam of an example attends to the same encoder output);
+    keeps them once per example and never reorders them: an example's K beams attend as K queries
+    of one attention call to its one copy (`grouped_attention`), so each step reads the encoder's
+    keys and values once, not K times;
   * one plain loop per step, without generate's per-step bookkeeping.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig
+from transformers import AttentionInterface, GenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import AttentionMaskInterface
 from transformers.generation import (
     ForcedBOSTokenLogitsProcessor,
     ForcedEOSTokenLogitsProcessor,
@@ -51,6 +56,54 @@ def logits_processors(config: GenerationConfig, max_length: int) -> LogitsProces
     if config.forced_eos_token_id is not None:
         processors.append(ForcedEOSTokenLogitsProcessor(max_length, config.forced_eos_token_id))
     return processors
+
+
+def grouped_attention(module, query, key, value, attention_mask, *, inner, **kwargs):
+    """The LM's own attention function (`inner`), except where a layer's cached keys and values hold
+    one row per example while the queries hold K beams per example (beam search's cross-attention):
+    there each example's K one-token queries attend as one row of K queries, and a mask or position
+    bias given per beam is taken from the example's first beam (they are the same for all K)."""
+    rows, kv_rows = query.shape[0], key.shape[0]
+    if rows == kv_rows:
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    k, (_, heads, length, dim) = rows // kv_rows, query.shape
+    assert rows == k * kv_rows and length == 1, "grouped attention is for one decoding step of K beams"
+
+    def per_example(t):
+        return t[::k] if isinstance(t, torch.Tensor) and t.shape[0] == rows else t
+
+    grouped = query.view(kv_rows, k, heads, dim).transpose(1, 2)  # (examples, heads, K, dim)
+    kwargs = {name: per_example(v) for name, v in kwargs.items()}
+    out, _ = inner(module, grouped, key, value, per_example(attention_mask), **dict(kwargs, is_causal=False))
+    return out.reshape(rows, 1, heads, dim), None  # (examples, K, heads, dim): the inner layout, per beam
+
+
+@contextmanager
+def beams_share_cross_attention(lm):
+    """Route the LM's attention through `grouped_attention` while it decodes with beams; yields the
+    indices of the cache layers whose cross-attention keys and values may stay once per example (the
+    LM decoder's own; a method's extra layers, LST's side network, keep one copy per beam)."""
+    implementation = lm.config._attn_implementation
+    if implementation not in AttentionInterface._global_mapping:  # eager: each model's own function
+        yield set()
+        return
+    name = f"vlbench_grouped_{implementation}"
+    if name not in AttentionInterface._global_mapping:
+        inner = AttentionInterface._global_mapping[implementation]
+        AttentionInterface.register(name, lambda *args, **kwargs: grouped_attention(*args, inner=inner, **kwargs))
+        # the masks the LM builds for an implementation are its own, so the same as the inner one's
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[implementation])
+    decoder = lm.get_decoder()
+    lm_layers = {m.layer_idx for m in decoder.modules() if isinstance(getattr(m, "layer_idx", None), int)}
+    # the decoder's own config (T5's decoder stack reads a copy of the model's) is the one it reads
+    configs = {id(c): c for c in [lm.config] + [getattr(m, "config", None) for m in decoder.modules()] if c is not None}
+    for config in configs.values():
+        config._attn_implementation = name
+    try:
+        yield lm_layers
+    finally:
+        for config in configs.values():
+            config._attn_implementation = implementation
 
 
 class Decoder:
@@ -113,6 +166,10 @@ class Decoder:
 
         The state covers the n examples still decoding; an example's best hypothesis is written
         to the output when it leaves."""
+        with beams_share_cross_attention(self.lm) as shared:
+            return self._beam_search(encoded, mask, k, shared)
+
+    def _beam_search(self, encoded: torch.Tensor, mask: torch.Tensor, k: int, shared: set[int]) -> torch.Tensor:
         b, device = encoded.shape[0], encoded.device
         keep_k = max(2, 1 + len(self.eos)) * k  # candidates per step, enough to keep K running beams
         top_k_mask = torch.arange(keep_k, device=device) < k
@@ -134,7 +191,10 @@ class Decoder:
         # First step on one row per example: fills the cross-attention cache once per example.
         cache = self.new_cache()
         logits = self.step(running[:, 0, 0], encoded, mask, cache).repeat_interleave(k, 0)
-        cache.batch_repeat_interleave(k)
+        cache.self_attention_cache.batch_repeat_interleave(k)
+        cross = cache.cross_attention_cache.layers
+        for i in set(range(len(cross))) - shared:
+            cross[i].batch_repeat_interleave(k)
         mask = mask.repeat_interleave(k, 0)
         encoded = encoded.repeat_interleave(k, 0)
         length = 1
@@ -182,7 +242,9 @@ class Decoder:
                 out[examples[done]] = finished[done, 0]
                 out_lengths[examples[done]] = finished_lengths[done, 0]
                 kept = (rows + torch.arange(k, device=device))[open_].flatten()
-                cache.cross_attention_cache.batch_select_indices(kept)
+                still = open_.nonzero().squeeze(1)
+                for i, layer in enumerate(cross):
+                    layer.batch_select_indices(still if i in shared else kept)
                 mask, encoded = mask[kept], encoded[kept]
                 examples, running, running_scores = examples[open_], running[open_], running_scores[open_]
                 finished, finished_scores, finished_lengths = finished[open_], finished_scores[open_], finished_lengths[open_]
