@@ -73,3 +73,25 @@ def test_unsupported_generation_setting_is_refused():
     lm = bart(14, repetition_penalty=1.3)
     with pytest.raises(ValueError, match="repetition_penalty"):
         decoding.generate(lm, torch.randn(2, 3, D), torch.ones(2, 3, dtype=torch.long), 1, 4)
+
+
+@pytest.mark.parametrize("name", ["bart", "t5"])
+def test_beams_attend_to_one_copy_of_the_encoders_keys_and_values(name, monkeypatch):
+    """Each cross-attention step of beam search runs grouped (K queries per example against the
+    example's one cached copy), and the LM's attention implementation is its own again afterwards."""
+    lm = LMS[name]()
+    shapes = []
+
+    def spy(module, query, key, value, attention_mask, *, inner, **kwargs):
+        if query.shape[0] != key.shape[0]:
+            shapes.append((query.shape[0], key.shape[0]))
+        return grouped(module, query, key, value, attention_mask, inner=inner, **kwargs)
+
+    grouped = decoding.grouped_attention
+    monkeypatch.setattr(decoding, "grouped_attention", spy)
+    encoded, mask = torch.randn(4, 9, D), torch.ones(4, 9, dtype=torch.long)
+    with torch.no_grad():
+        decoding.generate(lm, encoded, mask, num_beams=3, max_new_tokens=5)
+    assert shapes and all(rows == 3 * examples for rows, examples in shapes)
+    assert shapes[0] == (12, 4)  # every example still decoding at the second step
+    assert lm.config._attn_implementation == lm.get_decoder().config._attn_implementation == "sdpa"
