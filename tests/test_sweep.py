@@ -147,6 +147,27 @@ def test_run_claimed_by_another_sweep_is_skipped(workdir, monkeypatch):
     assert "0 failed" in result.output  # left to its live owner, not a failure of this sweep
 
 
+def test_no_heartbeat_lands_after_a_run_is_finished(workdir, monkeypatch):
+    """A heartbeat after finish_run would find the run done, take it for reclaimed by another process,
+    and stop the process's next run (the sweep ended in RunTakenOver): the monitor stops first."""
+    import time
+
+    from vlbench import execution
+
+    monkeypatch.setattr(execution, "PROGRESS_S", 0.02)
+    monkeypatch.setattr(execution, "HEARTBEAT_S", 0.01)  # a heartbeat at every chance
+    real_finish = Store.finish_run
+
+    def slow_finish(self, *args, **kwargs):
+        real_finish(self, *args, **kwargs)
+        time.sleep(0.3)  # the run is done in the store; heartbeats would fall due meanwhile
+
+    monkeypatch.setattr(Store, "finish_run", slow_finish)
+    result = invoke("sweep", "image-text", "--methods", "full,adapter", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "2 trained" in result.output and "0 failed" in result.output
+
+
 def test_a_data_file_gone_bad_mid_run_fails_that_run_only(workdir, monkeypatch):
     from vlbench.data import TaskData
 

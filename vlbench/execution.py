@@ -169,11 +169,17 @@ class RunMonitor:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._done.set()
         self._thread.join()
-        with contextlib.suppress(OwnershipError):  # the last points (a reclaimed run's are not ours to write)
+        try:  # the last points, while the run is still ours and running
             self._write_points()
+        except OwnershipError:
+            self.stop.taken_over = True
+        # the flag is this run's: the process's next run starts without it
+        taken_over, self.stop.taken_over = self.stop.taken_over, False
+        if taken_over and exc_type is None:  # reclaimed after the engine's last poll: write nothing more
+            raise RunTakenOver("another process reclaimed this run; it stopped without writing")
 
     def step(self, epoch: int, step: int, total_steps: int, stats: dict | None = None) -> None:
         if stats is not None:

@@ -623,25 +623,27 @@ def train_run(
                 dist=dist,
                 param_groups=param_groups(cfg, model),
             )
-        if not main:
-            return
-        if result.resumed_from is not None:
-            store.note_resume(run_id, owner, result.resumed_from)
-        store.record_metrics(run_id, owner, "test", result.epochs - 1, result.test)
-        checkpoint = run_dir / "trainable.safetensors"
-        write_run_folder(run_dir, cfg, result.test, model)
-        store.finish_run(
-            run_id,
-            owner,
-            {
-                "train_seconds": result.train_seconds,
-                "eval_seconds": result.eval_seconds,
-                "samples_per_second": result.samples_per_second,
-                "peak_memory_mb": memory.mb,
-                "peak_reserved_mb": memory.reserved_mb,
-                "checkpoint_bytes": checkpoint.stat().st_size,
-            },
-        )
+    if not main:
+        return
+    # the monitor's heartbeats have stopped: one landing after finish_run would find the run done and
+    # take it for reclaimed by another process
+    if result.resumed_from is not None:
+        store.note_resume(run_id, owner, result.resumed_from)
+    store.record_metrics(run_id, owner, "test", result.epochs - 1, result.test)
+    checkpoint = run_dir / "trainable.safetensors"
+    write_run_folder(run_dir, cfg, result.test, model)
+    store.finish_run(
+        run_id,
+        owner,
+        {
+            "train_seconds": result.train_seconds,
+            "eval_seconds": result.eval_seconds,
+            "samples_per_second": result.samples_per_second,
+            "peak_memory_mb": memory.mb,
+            "peak_reserved_mb": memory.reserved_mb,
+            "checkpoint_bytes": checkpoint.stat().st_size,
+        },
+    )
     _write_run_document(store, cfg.key(), run_dir)
     if not execution.keep_checkpoints:  # only once the run is done: a kill before this resumes, not restarts
         remove_checkpoint(checkpoints.folder)
