@@ -94,20 +94,64 @@ def test_video_model_denominator():
     assert rows[0]["total"] == BART_BASE + VIS_ROWS + visual_embedding
 
 
-def test_tiny_profile_scales_the_paper_sizes_by_the_width():
-    """Hyperformer's embeddings and the prompt MLP are the paper's sizes x 64/768 on the tiny LM (the
-    paper profile keeps the paper's): at the paper's sizes they held 57% / 63% of the tiny model."""
-    from vlbench.grid import GridRequest, expand
+def tiny_to_paper_ratios() -> dict[str, float]:
+    """Each Table 1 row's tiny updated-params % over the paper's."""
     from vlbench.params import paper_table_params
 
-    for profile, hyper, prompt in (("tiny", (43, 11), 67), ("paper", None, None)):
+    paper = {row.label: row.params_percent for row in TABLE1}
+    return {row["method"]: row["percent"] / paper[row["method"]] for row in paper_table_params("image-text", "tiny")}
+
+
+def test_tiny_profile_scales_the_paper_sizes_by_width_and_depth():
+    """Hyperformer's and the prompts' knobs keep the share of the model they have in the paper: an
+    embedding width scales with the LM width, a module held once per model (not per layer) with width x
+    depth, Hyperformer's conditioning with depth. At the paper's sizes they held 57% / 63% of the tiny
+    model; scaled by the width alone, 21.7% / 17.4%."""
+    from vlbench.backbones import BACKBONES
+    from vlbench.grid import GridRequest, expand
+    from vlbench.methods.hyperformer import Hyperformer
+    from vlbench.methods.prompt import PromptTuning
+
+    paper, tiny = BACKBONES["paper"].lm, BACKBONES["tiny"].lm
+    width = tiny["d_model"] / paper["d_model"]
+    depth = (tiny["encoder_layers"] + tiny["decoder_layers"]) / (paper["encoder_layers"] + paper["decoder_layers"])
+    hyper, prompt = Hyperformer.Options(), PromptTuning.Options()
+    expected = {
+        "hyperformer": {
+            "task_embedding_dim": round(hyper.task_embedding_dim * width),
+            "hyper_projector_dim": round(hyper.hyper_projector_dim * width * depth),
+            # (8 + 1) x depth - 1 = 2, raised to 4: a LayerNorm leaves a 2-vector only its sign
+            "hyper_condition_dim": max(4, round((hyper.hyper_condition_dim + 1) * depth) - 1),
+        },
+        "prompt": {"prompt_mid_dim": round(prompt.prompt_mid_dim * width * depth)},
+    }
+    assert expected == {"hyperformer": {"task_embedding_dim": 43, "hyper_projector_dim": 4, "hyper_condition_dim": 4},
+                        "prompt": {"prompt_mid_dim": 22}}
+    for profile in ("tiny", "paper"):
         configs = {c.method: c for c in expand(GridRequest(profile=profile, methods=("hyperformer", "prompt")))}
-        assert dict(configs["hyperformer"].method_options) == (
-            {"task_embedding_dim": hyper[0], "hyper_projector_dim": hyper[1]} if hyper else {}
-        )
-        assert dict(configs["prompt"].method_options) == ({"prompt_mid_dim": prompt} if prompt else {})
+        for method in ("hyperformer", "prompt"):
+            assert dict(configs[method].method_options) == (expected[method] if profile == "tiny" else {})
+
+
+def test_tiny_updated_params_column():
+    """The tiny profile's Table 1 column against the paper's, pinned where it stands: every row within
+    3.8x of the paper's (Single Prompt 3.72x, Single Compacter 3.27x, Hyperformer 2.69x; width-only
+    scaling left Single Prompt at 4.68x, Multiple Prompts 3.85x and Hyperformer 3.75x), and each family
+    in the paper's order, multiple > half > single."""
+    from vlbench.params import paper_table_params
+
+    ratios = tiny_to_paper_ratios()
+    assert max(ratios.values()) < 3.8, ratios
+    assert ratios["Hyperformer"] < 2.8 and ratios["Multiple Prompts"] < 2.4, ratios
     tiny = {row["method"]: row["percent"] for row in paper_table_params("image-text", "tiny")}
-    assert tiny["Hyperformer"] < 25 and tiny["Multiple Prompts"] < 20 and tiny["Single Prompt"] < 10
-    # families keep the paper's order: multiple > half > single
     assert tiny["Multiple Adapters"] > tiny["Half-shared Adapters"] > tiny["Single Adapter"]
+    assert tiny["Multiple Compacters"] > tiny["Single Compacter"]
     assert tiny["Multiple Prompts"] > tiny["Single Prompt"] and tiny["Multiple LoRA"] > tiny["Single LoRA"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12's target, not met: the tiny CLIP's 256-d grid features make "
+                   "the visual projection 6% of the tiny model (paper 1.1%), and its 90-word vocabulary 2% "
+                   "(BART-base's embedding 27.8%); README, tiny profile")
+def test_tiny_updated_params_column_within_1_5x_of_the_papers():
+    ratios = tiny_to_paper_ratios()
+    assert all(1 / 1.5 <= r <= 1.5 for r in ratios.values()), ratios
