@@ -158,3 +158,15 @@ def test_cuda_without_cuda_is_a_one_line_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["bench", "--device", "cuda"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: --device: cuda asked for, but torch sees no CUDA device here"
+
+
+def test_matmul_probe_leaves_the_global_random_stream_alone():
+    """The peak search tries as many sizes as the machine's speed allows; the models built after it take
+    their random weights from the global stream, which must not depend on that (else the decoding check's
+    random model changes from run to run)."""
+    import torch
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    bench.MatmulProbe(torch.device("cpu"), torch.float32, 64)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -216,8 +216,11 @@ class MatmulProbe:
 
     def __init__(self, device: torch.device, dtype: torch.dtype, n: int):
         self.device, self.n = device, n
-        self.a = torch.randn(n, n, device=device).to(dtype)
-        self.b = torch.randn(n, n, device=device).to(dtype)
+        # its own stream: how many sizes the peak search tries depends on the machine's speed, and the
+        # global stream must not, since the models built after it take their random weights from it
+        g = torch.Generator().manual_seed(n)
+        self.a = torch.randn(n, n, generator=g).to(device, dtype)
+        self.b = torch.randn(n, n, generator=g).to(device, dtype)
         self.out = torch.empty(n, n, device=device, dtype=dtype)
         sync(device)
         started = time.perf_counter()
