@@ -218,9 +218,9 @@ class MatmulProbe:
         self.device, self.n = device, n
         # its own stream: how many sizes the peak search tries depends on the machine's speed, and the
         # global stream must not, since the models built after it take their random weights from it
-        g = torch.Generator().manual_seed(n)
-        self.a = torch.randn(n, n, generator=g).to(device, dtype)
-        self.b = torch.randn(n, n, generator=g).to(device, dtype)
+        g = torch.Generator(device=device).manual_seed(n)
+        self.a = torch.randn(n, n, generator=g, device=device).to(dtype)
+        self.b = torch.randn(n, n, generator=g, device=device).to(dtype)
         self.out = torch.empty(n, n, device=device, dtype=dtype)
         sync(device)
         started = time.perf_counter()
