@@ -76,3 +76,19 @@ def test_forward_gives_weighted_per_example_losses_and_loss_is_their_mean(vl_mod
     assert torch.allclose(vl_model(dict(batch, weights=weights)), per_example * weights)
     # a row's loss does not depend on the other rows of its batch (what a DDP shard relies on)
     assert torch.allclose(vl_model({k: v[1:] for k, v in batch.items()}), per_example[1:], atol=1e-6)
+
+
+def test_per_example_loss_is_each_targets_mean_token_nll():
+    """Against the definition: -log softmax at the label, averaged over each row's non-ignored tokens."""
+    from vlbench.lms.base import per_example_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 7, generator=gen)
+    labels = torch.tensor([[1, 2, -100, -100], [3, 0, 6, 5]])
+    weights = torch.tensor([1.0, 0.5])
+    logp = torch.log_softmax(logits, -1)
+    expected = torch.stack([
+        -(logp[0, 0, 1] + logp[0, 1, 2]) / 2,
+        -(logp[1, 0, 3] + logp[1, 1, 0] + logp[1, 2, 6] + logp[1, 3, 5]) / 4 * 0.5,
+    ])
+    assert torch.allclose(per_example_loss(logits, labels, weights), expected, atol=1e-6)
