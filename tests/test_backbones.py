@@ -62,7 +62,7 @@ def test_grid_features(tiny):
     assert pixels.shape == (4, 3, tiny.image_size, tiny.image_size)
     with torch.no_grad():
         grid = tiny.vision(pixels)
-    assert (tiny.feat_dim, tiny.grid_size) == (256, 4)
+    assert (tiny.feat_dim, tiny.grid_size) == (128, 4)
     assert grid.shape == (4, tiny.grid_size**2, tiny.feat_dim)
     assert not tiny.vision.training
     assert not any(p.requires_grad for p in tiny.vision.parameters())
@@ -110,6 +110,38 @@ def test_the_package_ships_every_tiny_backbone_by_todays_recipe():
         assert backbones_mod.shipped_backbones(name, pretrain.recipe_key(spec)) is not None, name
     size = sum(f.stat().st_size for f in backbones_mod.SHIPPED_DIR.rglob("*") if f.is_file())
     assert size <= 25 * 2**20  # the issue's limit for backbones inside the package
+
+
+def test_the_english_sentences_follow_their_extraction_recipe():
+    """The frozen extract (scripts/extract_english.py) is what its recipe keeps: unique sentences of
+    5-30 plain lower-case words and commas (the script's own filter, without its word-count cut, keeps
+    every line)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "extract_english.py"
+    module_spec = importlib.util.spec_from_file_location("extract_english", path)
+    extract = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(extract)
+    lines = pretrain.english_sentences()
+    assert len(lines) == 5472
+    assert extract.sentences(lines, 1) == lines
+    assert len({w for s in lines for w in s.split()}) == 2923
+
+
+def test_the_english_sentences_are_in_the_recipe_key(tmp_path, monkeypatch):
+    """The shipped backbones are made from the English extract: a changed extract is another recipe,
+    and a spec reads it only when it asks for it (the tests' fast spec does not)."""
+    spec = BACKBONES["tiny"]
+    assert spec.pretrain["english_repeats"] == 3 and "english_repeats" not in FAST.pretrain
+    key = pretrain.recipe_key(spec)
+    lines = pretrain.english_sentences()
+    assert pretrain.language_corpus(spec.pretrain)[-len(lines) :] == lines
+    assert pretrain.language_corpus(FAST.pretrain) == text_corpus(FAST.pretrain["text_examples"], 0)
+    edited = tmp_path / "english_sentences.txt"
+    edited.write_text("\n".join(lines[1:]) + "\n")
+    monkeypatch.setattr(pretrain, "ENGLISH_FILE", edited)
+    assert pretrain.recipe_key(spec) != key
 
 
 def test_a_shipped_copy_is_loaded_and_a_stale_one_pretrained_afresh(tiny, cache_dir, tmp_path, monkeypatch, caplog):
@@ -176,7 +208,7 @@ def test_feature_cache(tiny, tmp_path):
     bank = {f"img{i}": im for i, im in enumerate(images)}
     ids = ["img0", "img1", "img2", "img3", "img4", "img1"]  # repeats are encoded once
     table = image_features(tiny, ids, bank.__getitem__, tmp_path, "unit", batch_size=2)
-    assert len(table) == 5 and (table.num_tokens, table.feat_dim) == (16, 256)
+    assert len(table) == 5 and (table.num_tokens, table.feat_dim) == (16, 128)
     got = table[["img3", "img0"]]
     assert got.shape == (2, 16, 256) and got.dtype == torch.float32
     with torch.no_grad():

@@ -77,7 +77,7 @@ def test_bench_writes_a_well_formed_json(bench_run):
     assert decode["greedy_identical"] is True and decode["beam_identical"] is True
     assert decode["greedy_vs_transformers"] > 0 and decode["beam_vs_transformers"] > 0
     data = doc["data"]
-    assert data["feature_shape"] == [16, 256]  # the tiny CLIP's 4x4 grid of 256-d features
+    assert data["feature_shape"] == [16, 128]  # the tiny CLIP's 4x4 grid of 128-d features
     for key in ("shard_reads_per_s", "h5_reads_per_s", "collate_s"):
         assert data[key] > 0
     for key in ("wait_share_full", "wait_share_floor"):

@@ -92,7 +92,7 @@ def test_tiny_extraction_equals_the_model_on_open_clip_inputs(photos, tiny, tiny
     folder, ids = photos
     store = open_feature_store(tiny_store)
     assert sorted(store.ids) == ids and len(store) == 6
-    assert (store.num_tokens, store.feat_dim) == (16, 256)
+    assert (store.num_tokens, store.feat_dim) == (16, 128)
     assert store.encoder == tiny.identity and store.encoder["model"] == "tiny"
     got = store[ids]
     assert got.shape == (6, 16, 256) and got.dtype == torch.float32

@@ -145,7 +145,7 @@ def write_files(root, files) -> None:
         (root / name).write_text(content if isinstance(content, str) else json.dumps(content))
 
 
-def write_features(folder, image_ids, feat_dim=256, tokens=16) -> None:
+def write_features(folder, image_ids, feat_dim=128, tokens=16) -> None:
     """A feature store as `vlbench features extract` writes it (one safetensors shard), random features."""
     folder.mkdir(parents=True, exist_ok=True)
     features = torch.randn(len(image_ids), tokens, feat_dim, generator=torch.Generator().manual_seed(0))
@@ -158,7 +158,7 @@ def real_data(root, **caps) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A data root in the real layout, with random tiny-CLIP-shaped features (16 x 256) of every image at the
+    """A data root in the real layout, with random tiny-CLIP-shaped features (16 x 128) of every image at the
     default location."""
     root = tmp_path_factory.mktemp("data")
     write_files(root, FILES)

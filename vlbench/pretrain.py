@@ -3,7 +3,8 @@ per spec. `pretrain_shipped` makes the copies that ship in the package (`vlbench
 `vlbench.backbones.load_backbones` calls `pretrain_tiny` for a spec no shipped copy or cache holds.
 
 The components it trains (the spec, CLIP's and the LMs' builders, the tokenizer builder) are in
-vlbench/backbones.py and vlbench/lms/; the corpus comes from the synthetic suite (vlbench.tasks.scenes);
+vlbench/backbones.py and vlbench/lms/; the corpus comes from the synthetic suite (vlbench.tasks.scenes)
+and, for the LM's vocabulary, English sentences frozen in the package (vlbench/english_sentences.txt);
 the optimiser and schedule are the engine's (AdamW without decay on biases and norms, warmup then
 cosine decay). The LM's objective is its family's (`LMFamily.pretraining_batch`).
 """
@@ -49,22 +50,36 @@ log = logging.getLogger(__name__)
 
 
 # bump when the tiny pretraining code changes what it produces (the recipe's numbers are in the spec)
-PRETRAIN_RECIPE_VERSION = 2  # 2: the LM also reads the grounded corpus
+PRETRAIN_RECIPE_VERSION = 3  # 2: the LM also reads the grounded corpus; 3: and English sentences
+
+# plain English from the stdlib's docstrings, frozen (scripts/extract_english.py says how and why)
+ENGLISH_FILE = Path(__file__).with_name("english_sentences.txt")
+
+
+def english_sentences() -> list[str]:
+    return ENGLISH_FILE.read_text(encoding="utf-8").splitlines()
+
+
+def language_corpus(p: dict) -> list[str]:
+    """What the tokenizer is trained on and the LM reads besides the grounded QA: text_corpus, plus
+    the English sentences `english_repeats` times (the tiny LM's vocabulary beyond the tasks' words)."""
+    return text_corpus(p["text_examples"], p["seed"]) + english_sentences() * p.get("english_repeats", 0)
 
 
 def recipe_key(spec: BackboneSpec) -> str:
-    """What a tiny backbone is made from: its spec, the pretraining code, and the versions of the scenes
+    """What a tiny backbone is made from: its spec, the pretraining code, the versions of the scenes
     and task generators that write its corpora (text_corpus, grounded_corpus) and its CLIP's images
-    and captions."""
+    and captions, and the English sentences' digest."""
     parts = {"spec": spec.key(), "recipe": PRETRAIN_RECIPE_VERSION, "scenes": scenes.VERSION,
-             "tasks": {name: task.version for name, task in TASKS.items()}}  # fmt: skip
+             "tasks": {name: task.version for name, task in TASKS.items()},
+             "english": hashlib.sha256(ENGLISH_FILE.read_bytes()).hexdigest()}  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """The tokenizer a tiny spec trains on its text corpus (deterministic in the spec)."""
+    """The tokenizer a tiny spec trains on its language corpus (deterministic in the spec)."""
     if sentences is None:
-        sentences = text_corpus(spec.pretrain["text_examples"], spec.pretrain["seed"])
+        sentences = language_corpus(spec.pretrain)
     return build_tokenizer(sentences, spec.n_vis_tokens)
 
 
@@ -99,7 +114,7 @@ def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
         with torch.random.fork_rng(devices=[]), _progress_or_own(progress) as prog:
             torch.manual_seed(p["seed"])
             t0 = time.perf_counter()
-            sentences = text_corpus(p["text_examples"], p["seed"])
+            sentences = language_corpus(p)
             tokenizer = tiny_tokenizer(spec, sentences)
             t_tok = time.perf_counter() - t0
 
@@ -113,7 +128,7 @@ def pretrain_tiny(spec: BackboneSpec, folder: Path, progress) -> None:
 
             t0 = time.perf_counter()
             lm = lm_from_spec(spec, vocab_size=len(tokenizer) - spec.n_vis_tokens)
-            # the tokenizer and CLIP read only text_corpus; the LM also the grounded QA, repeated
+            # the tokenizer reads the language corpus; the LM also the grounded QA, repeated
             grounded = grounded_corpus(p["text_examples"], p["seed"]) * p["grounded_repeats"]
             lm_stats = _pretrain_lm(lm, tokenizer, sentences + grounded, p, prog)
             add_vis_rows(lm, spec.n_vis_tokens)  # after pretraining, as the paper adds them to the pretrained LM
