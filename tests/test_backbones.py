@@ -210,7 +210,7 @@ def test_feature_cache(tiny, tmp_path):
     table = image_features(tiny, ids, bank.__getitem__, tmp_path, "unit", batch_size=2)
     assert len(table) == 5 and (table.num_tokens, table.feat_dim) == (16, 128)
     got = table[["img3", "img0"]]
-    assert got.shape == (2, 16, 256) and got.dtype == torch.float32
+    assert got.shape == (2, 16, 128) and got.dtype == torch.float32
     with torch.no_grad():
         direct = tiny.vision(tiny.preprocess([bank["img3"]]))[0]
     torch.testing.assert_close(got[0], direct, atol=1e-2, rtol=1e-2)  # float16 storage

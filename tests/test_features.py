@@ -95,7 +95,7 @@ def test_tiny_extraction_equals_the_model_on_open_clip_inputs(photos, tiny, tiny
     assert (store.num_tokens, store.feat_dim) == (16, 128)
     assert store.encoder == tiny.identity and store.encoder["model"] == "tiny"
     got = store[ids]
-    assert got.shape == (6, 16, 256) and got.dtype == torch.float32
+    assert got.shape == (6, 16, 128) and got.dtype == torch.float32
     with torch.no_grad():
         direct = tiny.vision(reference_pixels(folder, ids, tiny.image_size))
     torch.testing.assert_close(got, direct, atol=2e-3, rtol=2e-3)  # float16 storage
