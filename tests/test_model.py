@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from conftest import FEAT_DIM, random_batch, tiny_vl_model
+from test_t5 import tiny_t5_model
 
 
 def test_visual_tokens_pool_and_image_order(vl_model):
@@ -91,4 +93,33 @@ def test_per_example_loss_is_each_targets_mean_token_nll():
         -(logp[0, 0, 1] + logp[0, 1, 2]) / 2,
         -(logp[1, 0, 3] + logp[1, 1, 0] + logp[1, 2, 6] + logp[1, 3, 5]) / 4 * 0.5,
     ])
-    assert torch.allclose(per_example_loss(logits, labels, weights), expected, atol=1e-6)
+    # the head runs on the target positions only: here it is the identity on logits, and counts its rows
+    rows = []
+    head = lambda h: rows.append(len(h)) or h  # noqa: E731
+    assert torch.allclose(per_example_loss(logits, labels, weights, head), expected, atol=1e-6)
+    assert rows == [6]
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_training_loss_matches_the_lms_own_forward(family):
+    """The families run the LM head at target positions only (`output_logits`); the loss must be the
+    one of transformers' full forward (BART's final_logits_bias, T5's tied-head scaling included)."""
+    import torch.nn.functional as F
+
+    from vlbench.lms.seq2seq import shift_right
+
+    model = tiny_vl_model() if family == "bart" else tiny_t5_model()
+    model.eval()
+    lm = model.lm
+    if family == "bart":
+        lm.final_logits_bias.normal_()  # zeros in a fresh model: make it count
+    batch = random_batch()
+    batch["labels"][1, 2:] = -100
+    enc, mask = model.encode_batch(batch)
+    config = lm.config
+    decoder_input_ids = shift_right(batch["labels"], config.pad_token_id, config.decoder_start_token_id)
+    logits = lm(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    token_nll = F.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=-100, reduction="none")
+    target = (batch["labels"] != -100).float()
+    expected = (token_nll * target).sum(1) / target.sum(1)
+    assert torch.allclose(model(batch), expected, atol=1e-5)

@@ -60,6 +60,9 @@ class BartFamily(EncoderDecoderFamily):
         encoder = self.lm.model.encoder
         return encoder.layernorm_embedding(encoder.embed_tokens(input_ids) + encoder.embed_positions(input_ids))
 
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.lm_head(hidden) + self.lm.final_logits_bias
+
     def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         encoder = self.lm.model.encoder
         hidden = F.dropout(hidden, p=encoder.dropout, training=self.lm.training)

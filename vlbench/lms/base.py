@@ -9,7 +9,7 @@ and gives:
   * the forward paths the VL model delegates to, given the VL model (which assembles the visual
     tokens and a method's prefix): `losses(model, batch)` (per example), `generate(model, batch,
     num_beams, max_new_tokens)` and `choice_logits(model, batch, choice_ids)` (NLVR2's first step);
-  * `embed_text(input_ids)`;
+  * `embed_text(input_ids)` and `output_logits(hidden)` (the LM head, as the model applies it);
   * for methods that build narrow copies of the LM beside it (Ladder Side-Tuning): `scaled_config`,
     `new_layers`, `final_norm`, `call_like` and `projection_axes`; a family without them refuses such
     methods in one line.
@@ -51,6 +51,10 @@ class LMFamily:
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on last hidden states, as the model's own forward applies it."""
+        return self.lm.get_output_embeddings()(hidden)
+
     def losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -77,15 +81,15 @@ def check_reduction(d_model: int, width: int, heads: int) -> int:
     return d_model // width
 
 
-def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B,) token cross-entropy averaged over each example's target (-100 ignored), times its weight."""
-    # over (B*L, V) rows: the (B, V, L) layout takes the softmax across a strided dim, 4x slower on CPU
-    # at a vocabulary of ~3000 (where it was half of a caption step's time)
-    token_loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(labels.shape)
-    valid = (labels != -100).float()
-    return (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1) * weights
+def per_example_loss(hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, head) -> torch.Tensor:
+    """(B,) token cross-entropy averaged over each example's target (-100 ignored), times its weight.
+    `head` maps (N, d) hidden states to (N, V) logits; it runs at the target positions only, since the
+    padding of a batch's shorter targets (a caption batch is padded to its longest) would cost the
+    head and softmax over the whole vocabulary for nothing."""
+    target = labels != -100
+    token_loss = torch.nn.functional.cross_entropy(head(hidden[target]), labels[target], reduction="none")
+    per_token = token_loss.new_zeros(labels.shape).masked_scatter(target, token_loss)
+    return per_token.sum(1) / target.sum(1).clamp(min=1) * weights
 
 
 def pad_ids(sequences: list[list[int]], value: int) -> torch.Tensor:

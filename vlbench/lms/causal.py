@@ -158,8 +158,7 @@ class CausalFamily(LMFamily):
         starts = torch.tensor([len(p) - 1 for p in prompts], device=hidden.device)
         index = (starts[:, None] + torch.arange(length, device=hidden.device)).clamp(max=hidden.shape[1] - 1)
         picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = self.lm.get_output_embeddings()(picked)
-        return per_example_loss(logits, labels, batch["weights"])
+        return per_example_loss(picked, labels, batch["weights"], self.output_logits)
 
     def generate(self, model, batch, num_beams, max_new_tokens):
         """(B, L) the generated tokens (the prompt not repeated)."""
@@ -176,7 +175,7 @@ class CausalFamily(LMFamily):
             start = self.lm.get_input_embeddings()(torch.tensor([bos], device=rows[0].device))
             rows = [torch.cat([r, start]) for r in rows]
         hidden = self.hidden_states(rows, left=True)
-        return self.lm.get_output_embeddings()(hidden[:, -1])[:, choice_ids]
+        return self.output_logits(hidden[:, -1])[:, choice_ids]
 
     def pretraining_batch(self, sentences, tokenizer, mask_ratio, rng):
         """Next-token prediction on each sentence (the model shifts the labels itself)."""

@@ -41,10 +41,11 @@ class EncoderDecoderFamily(LMFamily):
         config = self.lm.config
         decoder_input_ids = shift_right(labels, config.pad_token_id, config.decoder_start_token_id)
         # no KV cache: one pass over the whole target (and layers a method adds need no cache slots)
-        logits = self.lm(
-            encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids, use_cache=False
-        ).logits
-        return per_example_loss(logits, labels, batch["weights"])
+        hidden = self.lm.get_decoder()(
+            input_ids=decoder_input_ids, encoder_hidden_states=enc.last_hidden_state, encoder_attention_mask=mask,
+            use_cache=False,
+        ).last_hidden_state  # fmt: skip
+        return per_example_loss(hidden, labels, batch["weights"], self.output_logits)
 
     def generate(self, model, batch, num_beams, max_new_tokens):
         enc, mask = model.encode_batch(batch)

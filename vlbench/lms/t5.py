@@ -62,6 +62,14 @@ class T5Family(EncoderDecoderFamily):
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.shared(input_ids)
 
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # a tied head reads the decoder's output scaled by d_model^-0.5 (transformers 5 names the switch
+        # `scale_decoder_outputs`, set from tie_word_embeddings)
+        config = self.lm.config
+        if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings):
+            hidden = hidden * config.d_model**-0.5
+        return self.lm.lm_head(hidden)
+
     def encoder_stack(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.lm.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
 
