@@ -158,7 +158,7 @@ def test_tiny_lm_embedding_share_near_bart_bases():
     English sentences) 43-51% of theirs, where the tasks' ~90 words alone gave 2%. Near enough for the
     column above; fewer words (those occurring 3 times, 36%) left Hyperformer at 1.56x."""
     from vlbench.backbones import BACKBONES, lm_from_spec
-    from vlbench.pretrain import text_vocab_size
+    from vlbench.pretrain import shared_tiny_tokenizer, text_vocab_size
 
     def share(lm):
         return lm.get_input_embeddings().weight.numel() / sum(p.numel() for p in lm.parameters())
@@ -168,3 +168,5 @@ def test_tiny_lm_embedding_share_near_bart_bases():
     for name in ("tiny", "tiny-t5", "tiny-causal"):
         spec = BACKBONES[name]
         assert 0.42 <= share(lm_from_spec(spec, vocab_size=text_vocab_size(spec))) <= 0.52, name
+    # the three specs read one corpus: their tokenizer is trained once per process
+    assert len({id(shared_tiny_tokenizer(BACKBONES[name])) for name in ("tiny", "tiny-t5", "tiny-causal")}) == 1

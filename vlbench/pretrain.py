@@ -83,19 +83,22 @@ def tiny_tokenizer(spec: BackboneSpec, sentences: list[str] | None = None) -> Pr
     return build_tokenizer(sentences, spec.n_vis_tokens)
 
 
-_TINY_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}  # spec key -> its tokenizer
+_TINY_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}  # what it is trained from -> the tokenizer
 
 
 def shared_tiny_tokenizer(spec: BackboneSpec) -> PreTrainedTokenizerFast:
-    """The tiny spec's tokenizer, trained once per spec and process (accounting counts many jobs)."""
-    if spec.key() not in _TINY_TOKENIZERS:
-        _TINY_TOKENIZERS[spec.key()] = tiny_tokenizer(spec)
-    return _TINY_TOKENIZERS[spec.key()]
+    """The tiny spec's tokenizer, trained once per process for every spec with the same pretraining
+    corpus and vis tokens (tiny, tiny-t5 and tiny-causal share one; accounting counts many jobs)."""
+    key = json.dumps([spec.pretrain, spec.n_vis_tokens], sort_keys=True)
+    if key not in _TINY_TOKENIZERS:
+        _TINY_TOKENIZERS[key] = tiny_tokenizer(spec)
+    return _TINY_TOKENIZERS[key]
 
 
 def text_vocab_size(spec: BackboneSpec) -> int:
     """The tiny tokenizer's vocabulary size before the vis tokens."""
     return len(shared_tiny_tokenizer(spec)) - spec.n_vis_tokens
+
 
 def adamw_cosine(model: torch.nn.Module, lr: float, weight_decay: float, steps: int):
     """The engine's AdamW groups and warmup schedule, with a cosine decay (pretraining's)."""
