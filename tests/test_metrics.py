@@ -97,6 +97,20 @@ def test_caption_scores_equal_pycocoevalcap_on_same_tokens():
     assert caption_scores(PREDICTIONS, REFERENCES, tokenizer="auto")["tokenizer"] == ("ptb" if HAS_JAVA else "simple")
 
 
+@pytest.mark.skipif(not HAS_JAVA, reason="PTBTokenizer needs java")
+def test_ptb_caption_scores_equal_pycocoevalcaps_own_pipeline():
+    """pycocoevalcap's COCOEvalCap tokenizes references and predictions in two PTB calls; vlbench in
+    one (one Java start): the scores must not change."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gts = PTBTokenizer().tokenize({k: [{"caption": r} for r in v] for k, v in REFERENCES.items()})
+    res = PTBTokenizer().tokenize({k: [{"caption": p}] for k, p in PREDICTIONS.items()})
+    scores = caption_scores(PREDICTIONS, REFERENCES, tokenizer="ptb")
+    assert scores["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0])
+    assert scores["tokenizer"] == "ptb"
+
+
 def test_caption_scores_reject_mismatched_ids():
     with pytest.raises(ValueError):
         caption_scores({"a": "x"}, REFERENCES, tokenizer="simple")

@@ -228,8 +228,11 @@ def caption_scores(predictions: dict[str, str], references: dict[str, list[str]]
     if set(predictions) != set(references):
         raise ValueError("predictions and references must cover the same ids")
     ids = sorted(references)
-    gts = _tokenize({i: list(references[i]) for i in ids}, tokenizer)
-    res = _tokenize({i: [predictions[i]] for i in ids}, tokenizer)
+    # one tokenizer call for both sides: PTB starts a Java process per call
+    texts = {("ref", i): list(references[i]) for i in ids} | {("pred", i): [predictions[i]] for i in ids}
+    tokens = _tokenize(texts, tokenizer)
+    gts = {i: tokens[("ref", i)] for i in ids}
+    res = {i: tokens[("pred", i)] for i in ids}
     cider, _ = Cider().compute_score(gts, res)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return {"CIDEr": float(cider), "BLEU-4": float(bleu[3]), "tokenizer": tokenizer}
