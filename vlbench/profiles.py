@@ -51,7 +51,7 @@ PROFILES = {
         # tuned on the validation split over seeds 0-2 on the recipe-3 backbones (README, tiny profile:
         # every rate tried and its scores): adapters 1e-2 at every sharing (multiple and half were 2e-3),
         # compacters 3e-2 (were 3e-3), Multiple Prompts 1e-1 and Single Prompt 3e-2 (the reverse
-        # before). Hyperformer and LoRA keep the default 3e-3 (Hyperformer's 1e-2 lost on recipe 2)
+        # before). Hyperformer and LoRA keep the default 3e-3 (Hyperformer's 1e-2 lost on both recipes)
         lr={
             ("full", None): 5e-4,
             ("adapter", None): 1e-2,
