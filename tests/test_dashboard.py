@@ -202,8 +202,12 @@ def tab(browser, server, tmp_path):
     print(f"screenshots: {tmp_path}")
 
 
-def grid_rows(page) -> int:
-    return page.locator("#runs-grid .ag-center-cols-container .ag-row").count()
+def wait_for_grid_rows(page, n: int) -> None:
+    """Wait until the runs grid shows exactly n rows: after a filter, AG Grid re-renders (and may keep
+    leaving rows in the page for a moment) after the run count's text has already changed."""
+    page.wait_for_function(
+        "n => document.querySelectorAll('#runs-grid .ag-center-cols-container .ag-row').length === n", arg=n
+    )
 
 
 def choose(page, dropdown_id: str, option: str) -> None:
@@ -218,7 +222,7 @@ def choose(page, dropdown_id: str, option: str) -> None:
 
 def test_every_page_loads_without_console_errors(tab, fixture_db):
     page = tab.open("/", "#runs-grid .ag-row")
-    assert grid_rows(page) == 13
+    wait_for_grid_rows(page, 13)
     assert "RuntimeError: the loss is NaN" in page.inner_text("#runs-grid")  # the failed run's error, in its row
     tab.shot("runs")
     tab.open("/progress", ".progress-row")
@@ -253,15 +257,17 @@ def test_every_page_loads_without_console_errors(tab, fixture_db):
 
 def test_filters_and_sorting_change_the_rows(tab):
     page = tab.open("/", "#runs-grid .ag-row")
-    assert grid_rows(page) == 13
+    wait_for_grid_rows(page, 13)
     choose(page, "f-sweep", "seeds")
     page.wait_for_function("() => document.querySelector('#runs-count').innerText.startsWith('1 run')")
-    assert grid_rows(page) == 1 and "s1" in page.inner_text("#runs-grid")
+    wait_for_grid_rows(page, 1)
+    assert "s1" in page.inner_text("#runs-grid")
     page.goto(tab.base + "/")  # back to every run (a fresh page: the filters start empty)
     page.wait_for_selector("#runs-grid .ag-row")
     choose(page, "f-state", "failed")
     page.wait_for_function("() => document.querySelector('#runs-count').innerText.startsWith('1 run')")
-    assert grid_rows(page) == 1 and "prompt-multiple-d8-s0" in page.inner_text("#runs-grid")
+    wait_for_grid_rows(page, 1)
+    assert "prompt-multiple-d8-s0" in page.inner_text("#runs-grid")
     tab.shot("runs-filtered-failed")
     page.goto(tab.base + "/")
     page.wait_for_selector("#runs-grid .ag-row")
@@ -269,7 +275,7 @@ def test_filters_and_sorting_change_the_rows(tab):
     page.wait_for_function("() => document.querySelector('#runs-count').innerText.startsWith('5 run')")
     choose(page, "f-seed", "1")
     page.wait_for_function("() => document.querySelector('#runs-count').innerText.startsWith('1 run')")
-    assert grid_rows(page) == 1
+    wait_for_grid_rows(page, 1)
     # sorting: the grid's own, by any column (here params %, ascending on the first click)
     page.goto(tab.base + "/")
     page.wait_for_selector("#runs-grid .ag-row")
