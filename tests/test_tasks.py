@@ -180,6 +180,21 @@ def test_train_items_and_targets(suite):
     assert TASKS["gqa"].sample_target(gqa, rng) == (gqa.targets[0], 1.0)
 
 
+def test_each_target_is_tokenised_once_as_the_tokenizer_does(suite):
+    from vlbench.backbones import BACKBONES
+    from vlbench.data import TaskData
+    from vlbench.pretrain import shared_tiny_tokenizer
+
+    tokenizer = shared_tiny_tokenizer(BACKBONES["tiny"])
+    data = TaskData(TASKS["caption"], tokenizer, {}, suite.examples["caption"])
+    targets = [t for item in data.train_items[:40] for t in item.targets]
+    expected = tokenizer(targets, add_special_tokens=True)["input_ids"]
+    assert data.target_ids(targets) == expected and len(data._target_ids) == len(set(targets))
+    calls = []
+    data.tokenizer = lambda *a, **k: calls.append(a) or tokenizer(*a, **k)
+    assert data.target_ids(targets[::-1] + targets[:3]) == expected[::-1] + expected[:3] and calls == []
+
+
 def test_rendering(suite):
     ids = suite.image_ids()[:50]
     images = [suite.bank.render(i) for i in ids]

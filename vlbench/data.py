@@ -26,6 +26,7 @@ class TaskData:
     train_items: list[Example] = field(init=False)
     choice_ids: list[int] = field(init=False)  # first target token of each fixed answer ("choice" decoding)
     _input_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
+    _target_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.visual = as_visual_source(self.visual)
@@ -50,6 +51,14 @@ class TaskData:
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         batch.update({k: v.to(device) for k, v in self.visual.batch(examples).items()})
         return batch
+
+    def target_ids(self, targets: list[str]) -> list[list[int]]:
+        """Each target's token ids with <s> </s>, each string tokenised once per run: every epoch visits
+        the same targets again, and tokenising each batch's afresh took ~5% of a tiny training step."""
+        new = [t for t in dict.fromkeys(targets) if t not in self._target_ids]
+        if new:
+            self._target_ids.update(zip(new, self.tokenizer(new, add_special_tokens=True)["input_ids"]))
+        return [self._target_ids[t] for t in targets]
 
     def predict(self, model, batch: dict[str, torch.Tensor], optim) -> list[str]:
         """Decode one batch as the task says: greedy, beam search, or a choice between fixed answers."""
@@ -77,8 +86,7 @@ def collate_train(data: TaskData, indices: list[int], rng: random.Random, device
     items = [data.train_items[i] for i in indices]
     batch = data.inputs(items, device)
     targets, weights = zip(*(data.task.sample_target(item, rng) for item in items))
-    label_ids = data.tokenizer(list(targets), add_special_tokens=True)["input_ids"]
-    labels, mask = pad([torch.tensor(x) for x in label_ids], -100)
+    labels, mask = pad([torch.tensor(x) for x in data.target_ids(list(targets))], -100)
     batch["labels"] = labels.masked_fill(mask == 0, -100).to(device)
     batch["weights"] = torch.tensor(weights, dtype=torch.float32, device=device)
     return batch
