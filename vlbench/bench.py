@@ -409,8 +409,8 @@ def time_data(env: "BenchEnv", batch_size: int) -> dict:
             rates[kind] = sum(map(len, read_batches)) / (time.perf_counter() - started)
 
         # collate_train as engine.train calls it, on VQA examples whose grids live in the ShardStore.
-        # The tokenizer is the tiny word-level one (the paper's BPE needs its weights folder); the
-        # inputs are tokenised once per run anyway, only the sampled targets are tokenised per batch.
+        # The tokenizer is the tiny word-level one (the paper's BPE needs its weights folder); inputs
+        # and targets are tokenised once per run anyway (TaskData), so it barely enters the figure.
         words = "is there a red circle left of the blue square and a green triangle above the yellow one".split()
         text = " ".join((words * 4)[: max(1, env.shapes.text_tokens - 4)])  # + <s> vqa : ... </s>
         examples = [
