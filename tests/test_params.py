@@ -153,6 +153,22 @@ def test_tiny_updated_params_column():
     assert tiny["Multiple Prompts"] > tiny["Single Prompt"] and tiny["Multiple LoRA"] > tiny["Single LoRA"]
 
 
+def test_tiny_table2_column_is_the_papers_clip_t5_column():
+    """Table 2's Single Adapter is a quarter of the LM width (192 on T5-base, 7.98%); the tiny T5's
+    is too (16): 6.87%, where the tiny default d=8 would give 4.68% (0.59x the paper's)."""
+    from vlbench.grid import GridRequest, expand
+    from vlbench.paper import TABLE2
+    from vlbench.params import params_rows
+
+    for profile, dim in (("tiny", 16), ("paper", 192)):
+        configs = expand(GridRequest(profile=profile, preset="table2"))
+        assert {(c.method, c.hidden_dim) for c in configs} == {("full", None), ("adapter", dim)}
+        assert {c.backbone for c in configs} == {"tiny-t5" if profile == "tiny" else "paper-t5"}
+    rows = params_rows(expand(GridRequest(profile="tiny", preset="table2")), [row.label for row in TABLE2])
+    ratios = {row["method"]: row["percent"] / paper.params_percent for row, paper in zip(rows, TABLE2)}
+    assert ratios["Single Adapter"] == pytest.approx(6.87 / 7.98, abs=0.01), ratios
+
+
 def test_tiny_lm_embedding_share_near_bart_bases():
     """BART-base's embedding is 27.7% of it; the tiny LMs' word embeddings (~2950 words, mostly the
     English sentences) 43-51% of theirs, where the tasks' ~90 words alone gave 2%. Near enough for the
